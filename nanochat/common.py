@@ -1,0 +1,287 @@
+"""
+Shared utilities: logging, the base directory, rank-aware printing, device detection,
+distributed init/teardown, and robust file downloads.
+"""
+
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import torch
+import torch.distributed as dist
+from filelock import FileLock
+
+
+class ColoredFormatter(logging.Formatter):
+    """Colors the level name; on INFO lines also highlights sizes, percentages and shard numbers."""
+
+    COLORS = {
+        "DEBUG": "\033[36m",
+        "INFO": "\033[32m",
+        "WARNING": "\033[33m",
+        "ERROR": "\033[31m",
+        "CRITICAL": "\033[35m",
+    }
+    RESET = "\033[0m"
+    BOLD = "\033[1m"
+
+    def format(self, record):
+        levelname = record.levelname
+        if levelname in self.COLORS:
+            record.levelname = f"{self.COLORS[levelname]}{self.BOLD}{levelname}{self.RESET}"
+        message = super().format(record)
+        record.levelname = levelname
+        if levelname == "INFO":
+            message = re.sub(r"(\d+\.?\d*\s*(?:GB|MB|%|docs))", rf"{self.BOLD}\1{self.RESET}", message)
+            message = re.sub(r"(Shard \d+)", rf"{self.COLORS['INFO']}{self.BOLD}\1{self.RESET}", message)
+        return message
+
+
+def setup_default_logging():
+    root = logging.getLogger()
+    if any(getattr(h, "_nanochat", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler._nanochat = True
+    handler.setFormatter(ColoredFormatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+setup_default_logging()
+logger = logging.getLogger(__name__)
+
+
+def get_base_dir():
+    """$NANOCHAT_BASE_DIR if set and non-empty, else ~/.cache/nanochat (created)."""
+    base_dir = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    os.makedirs(base_dir, exist_ok=True)
+    return base_dir
+
+
+def get_data_pack_dir():
+    """The offline data pack named by $NANOCHAT_DATA_PACK, or None. A set-but-missing path is an error."""
+    pack = os.environ.get("NANOCHAT_DATA_PACK")
+    if not pack:
+        return None
+    pack = os.path.abspath(os.path.expanduser(pack))
+    if not os.path.isdir(pack):
+        raise FileNotFoundError(
+            f"NANOCHAT_DATA_PACK={pack} does not exist or is not a directory. "
+            "Point it at a data pack folder (see docs/data_pack.md) or unset it to download from the internet."
+        )
+    return pack
+
+
+def data_pack_path(*parts):
+    """Path of a file inside the data pack, or None when no pack is configured."""
+    pack = get_data_pack_dir()
+    return None if pack is None else os.path.join(pack, *parts)
+
+
+# -----------------------------------------------------------------------------
+# Downloads
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, read_timeout=60.0,
+                    chunk_size=1 << 20, backoff_base=2.0, progress=False, opener=None):
+    """
+    Stream `url` into `dest_path` via `<dest_path>.tmp` and an atomic rename, so a partial file
+    is never visible under the final name. Retries with exponential backoff. An unreachable host
+    (DNS failure, refused connection) fails after at most two quick attempts instead of hanging.
+    """
+    import requests  # lazy: keeps `import nanochat.common` light
+
+    tmp_path = dest_path + ".tmp"
+    last_error = None
+    for attempt in range(1, max_attempts + 1):
+        try:
+            with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as response:
+                response.raise_for_status()
+                total = int(response.headers.get("content-length") or 0)
+                bar = _progress_bar(total, os.path.basename(dest_path)) if progress else None
+                written = 0
+                with open(tmp_path, "wb") as f:
+                    for chunk in response.iter_content(chunk_size=chunk_size):
+                        if chunk:
+                            f.write(chunk)
+                            written += len(chunk)
+                            if bar is not None:
+                                bar.update(len(chunk))
+                if bar is not None:
+                    bar.close()
+                if total and written != total:
+                    raise DownloadError(f"truncated download: got {written} of {total} bytes")
+            os.replace(tmp_path, dest_path)
+            return dest_path
+        except Exception as e:  # noqa: BLE001 - every failure is retried the same way
+            last_error = e
+            _remove_quietly(tmp_path)
+            unreachable = isinstance(e, requests.exceptions.ConnectionError) and _looks_unreachable(e)
+            if unreachable and attempt >= 2:
+                break
+            if attempt < max_attempts:
+                wait = backoff_base ** attempt if not unreachable else 0.5
+                logger.warning(f"Attempt {attempt}/{max_attempts} for {url} failed: {e}; retrying in {wait:.1f}s")
+                time.sleep(wait)
+    raise DownloadError(f"could not download {url} -> {dest_path}: {last_error}")
+
+
+def _looks_unreachable(error):
+    text = str(error).lower()
+    return any(s in text for s in ("name or service not known", "temporary failure in name resolution",
+                                    "nodename nor servname", "connection refused", "network is unreachable",
+                                    "no route to host", "failed to resolve", "getaddrinfo failed"))
+
+
+def _progress_bar(total, desc):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, leave=False)
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def download_file_with_lock(url, filename, postprocess_fn=None, local_copy=None, offline_hint=None):
+    """
+    Fetch `url` to `<base>/<filename>` once, under a file lock so concurrent ranks don't race.
+    If `local_copy` (e.g. a file of the data pack) exists it is copied instead of downloading.
+    `postprocess_fn(path)` runs under the lock after a fresh fetch.
+    """
+    base_dir = get_base_dir()
+    file_path = os.path.join(base_dir, filename)
+    if os.path.exists(file_path):
+        return file_path
+    with FileLock(file_path + ".lock"):
+        if os.path.exists(file_path):
+            return file_path
+        if local_copy is not None and os.path.exists(local_copy):
+            logger.info(f"Copying {local_copy} -> {file_path}")
+            tmp = file_path + ".tmp"
+            shutil.copyfile(local_copy, tmp)
+            os.replace(tmp, file_path)
+        else:
+            logger.info(f"Downloading {url}")
+            try:
+                stream_download(url, file_path)
+            except DownloadError as e:
+                hint = offline_hint or (f"Place the file at {file_path} by hand, or set NANOCHAT_DATA_PACK "
+                                        "to a data pack that contains it (see docs/data_pack.md).")
+                raise DownloadError(f"{e}\n{hint}") from None
+        if postprocess_fn is not None:
+            postprocess_fn(file_path)
+    return file_path
+
+
+def host_reachable(url, timeout=3.0):
+    """Cheap check used to fail fast offline: can we open a TCP connection to the URL's host?"""
+    from urllib.parse import urlparse
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# -----------------------------------------------------------------------------
+# Printing and distributed setup
+
+def print0(s="", **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(s, **kwargs)
+
+
+def print_banner():
+    banner = r"""
+                                                   __              __
+    ____    ____ _   ____   ____     _____  / /_   ____ _  / /_
+   / __ \  / __ `/  / __ \ / __ \   / ___/ / __ \ / __ `/ / __/
+  / / / / / /_/ /  / / / // /_/ /  / /__  / / / // /_/ / / /_
+ /_/ /_/  \__,_/  /_/ /_/ \____/   \___/ /_/ /_/ \__,_/  \__/
+"""
+    print0(banner)
+
+
+def is_ddp():
+    return int(os.environ.get("RANK", -1)) != -1
+
+
+def get_dist_info():
+    if is_ddp():
+        missing = [k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE") if k not in os.environ]
+        assert not missing, f"distributed run is missing environment variables {missing}; launch with torchrun"
+        return True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    return False, 0, 0, 1
+
+
+def autodetect_device_type():
+    if torch.cuda.is_available():
+        device_type = "cuda"
+    elif torch.backends.mps.is_available():
+        device_type = "mps"
+    else:
+        device_type = "cpu"
+    print0(f"Autodetected device type: {device_type}")
+    return device_type
+
+
+def compute_init(device_type="cuda"):
+    """Seed, pick the device and, under torchrun, join the process group (NCCL on CUDA, gloo on CPU)."""
+    assert device_type in ("cuda", "mps", "cpu"), f"unknown device type {device_type!r}"
+    if device_type == "cuda":
+        assert torch.cuda.is_available(), "device_type=cuda but CUDA is not available; use --device_type=cpu"
+    if device_type == "mps":
+        assert torch.backends.mps.is_available(), "device_type=mps but MPS is not available; use --device_type=cpu"
+
+    torch.manual_seed(42)
+    if device_type == "cuda":
+        torch.cuda.manual_seed(42)
+        torch.set_float32_matmul_precision("high")
+
+    ddp, rank, local_rank, world_size = get_dist_info()
+    if ddp and device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device)
+        dist.barrier()
+    elif ddp:
+        device = torch.device(device_type)
+        dist.init_process_group(backend="gloo")
+        dist.barrier()
+    else:
+        device = torch.device(device_type)
+    if rank == 0:
+        logger.info(f"Distributed world size: {world_size}")
+    return ddp, rank, local_rank, world_size, device
+
+
+def compute_cleanup():
+    if is_ddp() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class DummyWandb:
+    """Stand-in for a wandb run when logging is disabled."""
+
+    def log(self, *args, **kwargs):
+        pass
+
+    def finish(self):
+        pass

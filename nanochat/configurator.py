@@ -1,0 +1,123 @@
+"""
+`--key=value` overrides for the training scripts ("poor man's configurator"), as a typed helper.
+
+    cfg = configure(dict(depth=20, run="dummy", model_tag=None))   # reads sys.argv[1:]
+    cfg.depth, cfg.user_config()
+
+Rules (kept from the original so existing command lines work):
+- an argument without `=` is a Python config file whose top-level assignments override keys;
+- otherwise it must look like `--key=value`; the key must exist; the value is parsed with
+  `ast.literal_eval`, falling back to the raw string;
+- when the default is not None the parsed type must match it exactly (`--lr=1` for a float
+  default is refused: write `--lr=1.0`); keys defaulting to None accept anything.
+Unlike the original, values may contain `=`, and a lone `--` (left by some launchers) is ignored.
+"""
+
+import ast
+import os
+import sys
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Config:
+    """Attribute access over the settings, remembering which keys are user-facing."""
+
+    def __init__(self, values):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        if key not in self._values:
+            raise AttributeError(f"unknown config key {key!r}")
+        self._values[key] = value
+
+    def as_dict(self):
+        return dict(self._values)
+
+    def user_config(self):
+        """Settings that are int/float/bool/str (what gets logged, saved in meta and reported)."""
+        return {k: v for k, v in self._values.items() if isinstance(v, (int, float, bool, str))}
+
+    def __repr__(self):
+        return f"Config({self._values!r})"
+
+
+def _parse_value(raw):
+    try:
+        return ast.literal_eval(raw)
+    except (SyntaxError, ValueError):
+        return raw
+
+
+def _check_type(key, default, value):
+    if default is None or type(value) is type(default):
+        return
+    hint = ""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        hint = f" (write --{key}={value}.0)"
+    raise ConfigError(
+        f"--{key} expects {type(default).__name__} like its default {default!r}, "
+        f"got {type(value).__name__} {value!r}{hint}"
+    )
+
+
+def _apply_file(path, values, log):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found (arguments without '=' are config files)")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    log(f"Overriding config with {path}:\n{source}")
+    namespace = {}
+    exec(compile(source, path, "exec"), {}, namespace)  # a user's own config file, not argv text
+    for key, value in namespace.items():
+        if key.startswith("_"):
+            continue
+        if key not in values:
+            raise ConfigError(f"Unknown config key: {key} (in {path})")
+        _check_type(key, values[key], value)
+        values[key] = value
+
+
+def apply_overrides(defaults, argv=None, log=None):
+    """Return a new dict of settings with the overrides in `argv` applied."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if log is None:
+        log = _print_rank0
+    values = dict(defaults)
+    for arg in argv:
+        if arg == "--":
+            continue
+        if "=" not in arg:
+            if arg.startswith("--"):
+                raise ConfigError(f"argument {arg!r} needs a value: write {arg}=VALUE")
+            _apply_file(arg, values, log)
+            continue
+        if not arg.startswith("--"):
+            raise ConfigError(f"argument {arg!r} must look like --key=value")
+        key, raw = arg[2:].split("=", 1)
+        if key not in values:
+            known = ", ".join(sorted(values))
+            raise ConfigError(f"Unknown config key: {key} (known keys: {known})")
+        value = _parse_value(raw)
+        _check_type(key, defaults[key], value)
+        log(f"Overriding: {key} = {value}")
+        values[key] = value
+    return values
+
+
+def configure(defaults, argv=None, log=None):
+    return Config(apply_overrides(defaults, argv, log))
+
+
+def _print_rank0(message):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(message)

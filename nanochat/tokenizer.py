@@ -1,0 +1,379 @@
+"""
+Tokenizers (GPT-4 style byte-level BPE) and chat rendering.
+
+Two implementations:
+- RustBPETokenizer: trained with our `rustbpe`, run with tiktoken. This is what nanochat uses.
+- HuggingFaceTokenizer: a HF `tokenizers` wrapper, used to evaluate external HF models.
+"""
+
+import copy
+import os
+import pickle
+from functools import lru_cache
+
+SPECIAL_TOKENS = [
+    "<|bos|>",  # every document / conversation begins with it
+    "<|user_start|>", "<|user_end|>",
+    "<|assistant_start|>", "<|assistant_end|>",
+    "<|python_start|>", "<|python_end|>",  # the assistant calls the python tool
+    "<|output_start|>", "<|output_end|>",  # the tool's output, fed back to the assistant
+]
+
+# GPT-4's split pattern, but with \p{N}{1,2} instead of \p{N}{1,3}: fewer tokens spent on
+# digit groups at small vocab sizes.
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+def _check_vocab_size(vocab_size):
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise TokenizerError(f"vocab_size must be an int, got {vocab_size!r}")
+    minimum = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < minimum:
+        raise TokenizerError(f"vocab_size={vocab_size} is too small: it must be at least {minimum} "
+                             f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens)")
+
+
+# -----------------------------------------------------------------------------
+# HuggingFace tokenizers wrapper
+
+class HuggingFaceTokenizer:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, hf_path):
+        from tokenizers import Tokenizer as HFTokenizer
+        return cls(HFTokenizer.from_pretrained(hf_path))
+
+    @classmethod
+    def from_directory(cls, tokenizer_dir):
+        from tokenizers import Tokenizer as HFTokenizer
+        path = os.path.join(tokenizer_dir, "tokenizer.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no tokenizer.json in {tokenizer_dir}")
+        return cls(HFTokenizer.from_file(path))
+
+    @classmethod
+    def train_from_iterator(cls, text_iterator, vocab_size):
+        from tokenizers import Regex, decoders, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers.models import BPE
+        from tokenizers.trainers import BpeTrainer
+        _check_vocab_size(vocab_size)
+        tokenizer = HFTokenizer(BPE(byte_fallback=True, unk_token=None, fuse_unk=False))
+        tokenizer.normalizer = None
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(pattern=Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = None
+        trainer = BpeTrainer(vocab_size=vocab_size, show_progress=True, min_frequency=0,
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                             special_tokens=SPECIAL_TOKENS)
+        tokenizer.train_from_iterator(text_iterator, trainer)
+        return cls(tokenizer)
+
+    def get_vocab_size(self):
+        return self.tokenizer.get_vocab_size()
+
+    def get_special_tokens(self):
+        return [w.content for w in self.tokenizer.get_added_tokens_decoder().values()]
+
+    def id_to_token(self, id):
+        return self.tokenizer.id_to_token(id)
+
+    def encode_special(self, text):
+        return self.tokenizer.token_to_id(text)
+
+    def get_bos_token_id(self):
+        # GPT-2 style tokenizers have no <|bos|>; their document separator plays that role
+        bos = self.encode_special("<|bos|>")
+        if bos is None:
+            bos = self.encode_special("<|endoftext|>")
+        if bos is None:
+            raise TokenizerError("tokenizer has neither <|bos|> nor <|endoftext|>; cannot pick a BOS token")
+        return bos
+
+    def _encode_one(self, text, prepend=None, append=None):
+        ids = []
+        if prepend is not None:
+            ids.append(prepend if isinstance(prepend, int) else self.encode_special(prepend))
+        ids.extend(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        if append is not None:
+            ids.append(append if isinstance(append, int) else self.encode_special(append))
+        return ids
+
+    def encode(self, text, *args, **kwargs):
+        if isinstance(text, str):
+            return self._encode_one(text, *args, **kwargs)
+        if isinstance(text, list):
+            return [self._encode_one(t, *args, **kwargs) for t in text]
+        raise ValueError(f"Invalid input type: {type(text)}")
+
+    def __call__(self, *args, **kwargs):
+        return self.encode(*args, **kwargs)
+
+    def decode(self, ids):
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def save(self, tokenizer_dir):
+        os.makedirs(tokenizer_dir, exist_ok=True)
+        path = os.path.join(tokenizer_dir, "tokenizer.json")
+        self.tokenizer.save(path)
+        print(f"Saved tokenizer to {path}")
+
+
+# -----------------------------------------------------------------------------
+# rustbpe (training) + tiktoken (inference)
+
+class RustBPETokenizer:
+    def __init__(self, enc, bos_token):
+        self.enc = enc
+        self.bos_token_id = self.encode_special(bos_token)
+
+    @classmethod
+    def train_from_iterator(cls, text_iterator, vocab_size):
+        import rustbpe
+        import tiktoken
+        _check_vocab_size(vocab_size)
+        vocab_size_no_special = vocab_size - len(SPECIAL_TOKENS)
+        tokenizer = rustbpe.Tokenizer()
+        tokenizer.train_from_iterator(text_iterator, vocab_size_no_special, pattern=SPLIT_PATTERN)
+        mergeable_ranks = {bytes(k): v for k, v in tokenizer.get_mergeable_ranks()}
+        if len(mergeable_ranks) < vocab_size_no_special:
+            raise TokenizerError(
+                f"the training text only supports {len(mergeable_ranks)} ranks, fewer than the "
+                f"{vocab_size_no_special} needed for vocab_size={vocab_size}; give it more text or a smaller vocab")
+        tokens_offset = len(mergeable_ranks)
+        special_tokens = {name: tokens_offset + i for i, name in enumerate(SPECIAL_TOKENS)}
+        enc = tiktoken.Encoding(name="rustbpe", pat_str=tokenizer.get_pattern(),
+                                mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
+        return cls(enc, "<|bos|>")
+
+    @classmethod
+    def from_directory(cls, tokenizer_dir):
+        pickle_path = os.path.join(tokenizer_dir, "tokenizer.pkl")
+        if not os.path.exists(pickle_path):
+            raise FileNotFoundError(
+                f"no tokenizer at {pickle_path}. Train one first: python -m scripts.tok_train")
+        with open(pickle_path, "rb") as f:
+            enc = pickle.load(f)
+        return cls(enc, "<|bos|>")
+
+    @classmethod
+    def from_pretrained(cls, tiktoken_name):
+        import tiktoken
+        enc = tiktoken.get_encoding(tiktoken_name)
+        # tiktoken's pretrained encodings use <|endoftext|> as the document delimiter
+        return cls(enc, "<|endoftext|>")
+
+    def get_vocab_size(self):
+        return self.enc.n_vocab
+
+    def get_special_tokens(self):
+        return self.enc.special_tokens_set
+
+    def id_to_token(self, id):
+        return self.enc.decode([id])
+
+    @lru_cache(maxsize=32)
+    def encode_special(self, text):
+        try:
+            return self.enc.encode_single_token(text)
+        except KeyError:
+            raise TokenizerError(f"unknown special token {text!r}; known: {sorted(self.get_special_tokens())}") from None
+
+    def get_bos_token_id(self):
+        return self.bos_token_id
+
+    def _special_id(self, token):
+        if isinstance(token, int):
+            return token
+        if isinstance(token, str):
+            return self.encode_special(token)
+        raise ValueError(f"prepend/append must be a special-token string or an int id, got {type(token)}")
+
+    def encode(self, text, prepend=None, append=None, num_threads=8):
+        prepend_id = None if prepend is None else self._special_id(prepend)
+        append_id = None if append is None else self._special_id(append)
+        if isinstance(text, str):
+            ids = self.enc.encode_ordinary(text)
+            if prepend_id is not None:
+                ids.insert(0, prepend_id)
+            if append_id is not None:
+                ids.append(append_id)
+            return ids
+        if isinstance(text, list):
+            ids = self.enc.encode_ordinary_batch(text, num_threads=num_threads)
+            for row in ids:
+                if prepend_id is not None:
+                    row.insert(0, prepend_id)
+                if append_id is not None:
+                    row.append(append_id)
+            return ids
+        raise ValueError(f"Invalid input type: {type(text)}")
+
+    def __call__(self, *args, **kwargs):
+        return self.encode(*args, **kwargs)
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+    def save(self, tokenizer_dir):
+        os.makedirs(tokenizer_dir, exist_ok=True)
+        pickle_path = os.path.join(tokenizer_dir, "tokenizer.pkl")
+        tmp_path = pickle_path + ".tmp"
+        with open(tmp_path, "wb") as f:
+            pickle.dump(self.enc, f)
+        os.replace(tmp_path, pickle_path)
+        print(f"Saved tokenizer encoding to {pickle_path}")
+
+    def token_byte_lengths(self):
+        """True byte length of every token id (0 for special tokens)."""
+        special_ids = {self.encode_special(s) for s in self.get_special_tokens()}
+        lengths = []
+        for token_id in range(self.get_vocab_size()):
+            if token_id in special_ids:
+                lengths.append(0)
+            else:
+                lengths.append(len(self.enc.decode_single_token_bytes(token_id)))
+        return lengths
+
+    # -------------------------------------------------------------------------
+    # chat rendering
+
+    def render_conversation(self, conversation, max_tokens=2048):
+        """
+        Tokenize a chat conversation. Returns (ids, mask); mask is 1 on the tokens the
+        assistant is trained to produce and 0 elsewhere.
+        """
+        messages = _normalize_messages(conversation)
+        ids, mask = [], []
+
+        def add(token_ids, mask_value):
+            if isinstance(token_ids, int):
+                token_ids = [token_ids]
+            ids.extend(token_ids)
+            mask.extend([mask_value] * len(token_ids))
+
+        bos = self.get_bos_token_id()
+        user_start, user_end = self.encode_special("<|user_start|>"), self.encode_special("<|user_end|>")
+        assistant_start = self.encode_special("<|assistant_start|>")
+        assistant_end = self.encode_special("<|assistant_end|>")
+        python_start, python_end = self.encode_special("<|python_start|>"), self.encode_special("<|python_end|>")
+        output_start, output_end = self.encode_special("<|output_start|>"), self.encode_special("<|output_end|>")
+
+        add(bos, 0)
+        for i, message in enumerate(messages):
+            content = message["content"]
+            if message["role"] == "user":
+                if not isinstance(content, str):
+                    raise ValueError(f"message {i}: user content must be a string, got {type(content).__name__}")
+                add(user_start, 0)
+                add(self.encode(content), 0)
+                add(user_end, 0)
+                continue
+            add(assistant_start, 0)
+            if isinstance(content, str):
+                add(self.encode(content), 1)
+            elif isinstance(content, list):
+                for part in content:
+                    if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+                        raise ValueError(f"message {i}: every assistant part needs a string 'text', got {part!r}")
+                    kind, value_ids = part.get("type"), self.encode(part["text"])
+                    if kind == "text":
+                        add(value_ids, 1)
+                    elif kind == "python":
+                        add(python_start, 1)
+                        add(value_ids, 1)
+                        add(python_end, 1)
+                    elif kind == "python_output":
+                        add(output_start, 0)
+                        add(value_ids, 0)
+                        add(output_end, 0)
+                    else:
+                        raise ValueError(f"message {i}: unknown assistant part type {kind!r}")
+            else:
+                raise ValueError(f"message {i}: unknown assistant content type {type(content).__name__}")
+            add(assistant_end, 1)
+
+        return ids[:max_tokens], mask[:max_tokens]
+
+    def visualize_tokenization(self, ids, mask, with_token_id=False):
+        RED, GREEN, RESET, GRAY = "\033[91m", "\033[92m", "\033[0m", "\033[90m"
+        pieces = []
+        for token_id, mask_value in zip(ids, mask):
+            color = GREEN if mask_value == 1 else RED
+            piece = f"{color}{self.decode([token_id])}{RESET}"
+            if with_token_id:
+                piece += f"{GRAY}({token_id}){RESET}"
+            pieces.append(piece)
+        return "|".join(pieces)
+
+    def render_for_completion(self, conversation):
+        """Prompt ids for sampling the assistant's reply: the conversation minus its last
+        (assistant) message, followed by <|assistant_start|>."""
+        conversation = copy.deepcopy(conversation)
+        messages = conversation["messages"]
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError("render_for_completion needs a conversation whose last message is the assistant's")
+        messages.pop()
+        ids, _ = self.render_conversation(conversation)
+        ids.append(self.encode_special("<|assistant_start|>"))
+        return ids
+
+
+def _normalize_messages(conversation):
+    """Fold a leading system message into the first user message and check role alternation."""
+    messages = conversation.get("messages") if isinstance(conversation, dict) else None
+    if not messages:
+        raise ValueError(f"conversation has no messages: {str(conversation)[:200]}")
+    if messages[0].get("role") == "system":
+        if len(messages) < 2 or messages[1].get("role") != "user":
+            raise ValueError("a system message must be followed by a user message")
+        messages = copy.deepcopy(messages)
+        messages[1]["content"] = messages[0]["content"] + "\n\n" + messages[1]["content"]
+        messages = messages[1:]
+    for i, message in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message.get("role") != expected:
+            raise ValueError(f"message {i} has role {message.get('role')!r}, expected {expected!r} "
+                             "(roles must alternate user/assistant, starting with user)")
+        if "content" not in message:
+            raise ValueError(f"message {i} has no content")
+    return messages
+
+
+# -----------------------------------------------------------------------------
+# conveniences
+
+def get_tokenizer():
+    from nanochat.common import get_base_dir
+    return RustBPETokenizer.from_directory(os.path.join(get_base_dir(), "tokenizer"))
+
+
+def get_token_bytes(device="cpu"):
+    import torch
+    from nanochat.common import get_base_dir
+    path = os.path.join(get_base_dir(), "tokenizer", "token_bytes.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; it is written by tok_train: python -m scripts.tok_train")
+    with open(path, "rb") as f:
+        return torch.load(f, map_location=device)
+
+
+def save_token_bytes(tokenizer, tokenizer_dir):
+    import torch
+    token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int32)
+    path = os.path.join(tokenizer_dir, "token_bytes.pt")
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "wb") as f:
+        torch.save(token_bytes, f)
+    os.replace(tmp_path, path)
+    return token_bytes, path
+
