@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up the environment and run the default test suite (heavier tests are marked `slow`).
+# Extra arguments go to pytest, e.g. `bash dev/test.sh -m slow` or `bash dev/test.sh tests/test_gpt.py`.
+# Tests that need the offline data pack read it from $NANOCHAT_DATA_PACK and skip without it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+source dev/setup_env.sh cpu
+
+args=("$@")
+if [ ${#args[@]} -eq 0 ]; then
+    args=(-m "not slow")
+fi
+set +e
+python -m pytest "${args[@]}"
+status=$?
+set -e
+if [ $status -eq 5 ]; then
+    echo "pytest collected no tests: treating that as a failure" >&2
+    exit 1
+fi
+exit $status

@@ -1,0 +1,52 @@
+"""The typed --key=value override helper."""
+
+import pytest
+
+from nanochat.configurator import ConfigError, apply_overrides, configure
+
+DEFAULTS = dict(depth=20, lr=0.02, run="dummy", flag=True, tag=None)
+
+
+def test_overrides_parse_and_keep_types():
+    cfg = configure(DEFAULTS, ["--depth=4", "--lr=0.5", "--run=my_run", "--flag=False", "--tag=[1, 2]"], log=lambda m: None)
+    assert (cfg.depth, cfg.lr, cfg.run, cfg.flag, cfg.tag) == (4, 0.5, "my_run", False, [1, 2])
+    assert cfg.user_config() == {"depth": 4, "lr": 0.5, "run": "my_run", "flag": False}
+
+
+def test_values_may_contain_equals_and_lone_double_dash_is_ignored():
+    values = apply_overrides(DEFAULTS, ["--", "--run=a=b"], log=lambda m: None)
+    assert values["run"] == "a=b"
+
+
+def test_unknown_key_is_refused():
+    with pytest.raises(ConfigError, match="Unknown config key: depht"):
+        apply_overrides(DEFAULTS, ["--depht=4"], log=lambda m: None)
+
+
+def test_type_mismatch_explains_the_fix():
+    with pytest.raises(ConfigError, match=r"write --lr=1\.0"):
+        apply_overrides(DEFAULTS, ["--lr=1"], log=lambda m: None)
+    with pytest.raises(ConfigError, match="expects int"):
+        apply_overrides(DEFAULTS, ["--depth=abc"], log=lambda m: None)
+
+
+def test_flag_without_value_and_positional_garbage():
+    with pytest.raises(ConfigError, match="needs a value"):
+        apply_overrides(DEFAULTS, ["--depth"], log=lambda m: None)
+    with pytest.raises(ConfigError, match="not found"):
+        apply_overrides(DEFAULTS, ["no_such_config.py"], log=lambda m: None)
+
+
+def test_config_file(tmp_path):
+    path = tmp_path / "cfg.py"
+    path.write_text("depth = 8\nlr = 0.1\n_private = 3\n")
+    values = apply_overrides(DEFAULTS, [str(path), "--depth=6"], log=lambda m: None)
+    assert values["depth"] == 6 and values["lr"] == 0.1
+    path.write_text("bogus = 1\n")
+    with pytest.raises(ConfigError, match="Unknown config key: bogus"):
+        apply_overrides(DEFAULTS, [str(path)], log=lambda m: None)
+
+
+def test_defaults_are_not_mutated():
+    apply_overrides(DEFAULTS, ["--depth=1"], log=lambda m: None)
+    assert DEFAULTS["depth"] == 20
