@@ -46,6 +46,8 @@ class HuggingFaceTokenizer:
 
     @classmethod
     def from_pretrained(cls, hf_path):
+        if os.path.isdir(hf_path):
+            return cls.from_directory(hf_path)  # a local folder (e.g. our own export)
         from tokenizers import Tokenizer as HFTokenizer
         return cls(HFTokenizer.from_pretrained(hf_path))
 

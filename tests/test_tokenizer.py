@@ -180,3 +180,13 @@ def test_visualize_tokenization(byte_tokenizer):
     text = byte_tokenizer.visualize_tokenization(ids, mask, with_token_id=True)
     assert "\033[92mb\033[0m" in text and "\033[91ma\033[0m" in text and "(98)" in text
     assert text.count("\033[0m|") == len(ids) - 1  # one separator between consecutive tokens
+
+
+def test_hf_tokenizer_from_local_directory(tmp_path):
+    from nanochat.tokenizer import HuggingFaceTokenizer
+    texts = ["hello world, hello tokenizer"] * 20
+    trained = HuggingFaceTokenizer.train_from_iterator(iter(texts), 300)
+    trained.save(str(tmp_path))
+    loaded = HuggingFaceTokenizer.from_pretrained(str(tmp_path))  # a folder, not a Hub id
+    assert loaded.encode("hello world") == trained.encode("hello world")
+    assert loaded.get_bos_token_id() == loaded.encode_special("<|bos|>")
