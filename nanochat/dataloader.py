@@ -1,0 +1,157 @@
+"""
+Streaming tokenizing loader for pretraining.
+
+Reads the parquet shards of a split, gives each rank its share of the row groups, tokenizes each
+document with BOS prepended and packs the tokens back-to-back into (B, T) batches.
+
+Beyond the reference design:
+- when the split runs out it starts over at shard 0 (next epoch) instead of hanging;
+- no token is dropped: a batch needs B*T+1 tokens (inputs + shifted targets) and the last of them
+  is carried over as the first input of the next batch, so consecutive batches tile one stream;
+- the state_dict is an exact resume point. It records where the carried token comes from
+  (epoch, shard, row group, document, token within the document). Tokenizing a document is
+  deterministic, so resuming re-reads from that document and reproduces the identical stream;
+- row groups are numbered consecutively across the split's shards and rank r reads numbers
+  r, r+W, r+2W, ... The reference strides within each shard instead, which starves the higher ranks
+  when shards hold few row groups (a small packed corpus has 1-2 per shard). With many row groups
+  per shard, as in the reference shards, both give every rank an equal share.
+"""
+
+from collections import deque
+
+import torch
+
+from nanochat.common import get_dist_info
+from nanochat.dataset import open_shard, read_row_group, split_files
+
+
+def iterate_row_groups(files, rank, world_size, start=(0, 0, 0)):
+    """
+    Yield (epoch, pq_idx, rg_idx, docs) forever: this rank's row groups, shard after shard, epoch after
+    epoch. `start` = (epoch, pq_idx, min_rg): begin at this rank's first row group at or after row
+    group min_rg of shard pq_idx (the default is the very beginning).
+    """
+    epoch, pq_idx, min_rg = start
+    offset = sum(open_shard(f).num_row_groups for f in files[:pq_idx])  # number of the shard's first row group
+    yielded_this_epoch = (pq_idx, min_rg) != (0, 0)  # a resumed epoch is not checked for emptiness
+    while True:
+        while pq_idx < len(files):
+            path = files[pq_idx]
+            pf = open_shard(path)
+            rg_idx = min_rg + (rank - offset - min_rg) % world_size  # first index >= min_rg that is ours
+            while rg_idx < pf.num_row_groups:
+                yield epoch, pq_idx, rg_idx, read_row_group(pf, rg_idx, path)
+                yielded_this_epoch = True
+                rg_idx += world_size
+            # a start past this shard's end carries over into the next shard
+            pq_idx, min_rg, offset = pq_idx + 1, max(0, min_rg - pf.num_row_groups), offset + pf.num_row_groups
+        if not yielded_this_epoch:
+            raise RuntimeError(f"rank {rank} of {world_size} has no row group to read in {len(files)} shard(s) "
+                               f"({offset} row groups): use more data or fewer ranks.")
+        epoch, pq_idx, min_rg, offset, yielded_this_epoch = epoch + 1, 0, 0, 0, False
+
+
+def _start_position(state, rank, world_size, files):
+    """
+    (epoch, pq_idx, min_rg, doc_idx, token_idx) to start from. A state saved by this rank with this
+    world size resumes exactly; any other state (e.g. the reference's {"pq_idx", "rg_idx"}, or the
+    state of another rank) resumes approximately: skip one full stride past the saved row group, so
+    that no row group is read twice.
+    """
+    if state is None:
+        return 0, 0, 0, 0, 0
+    if state.get("rank") == rank and state.get("world_size") == world_size and "doc_idx" in state:
+        return state["epoch"], state["pq_idx"], state["rg_idx"], state["doc_idx"], state["token_idx"]
+    epoch, pq_idx = state.get("epoch", 0), state["pq_idx"]
+    if pq_idx >= len(files):
+        return epoch + 1, 0, 0, 0, 0
+    offset = sum(open_shard(f).num_row_groups for f in files[:pq_idx])
+    saved = offset + state["rg_idx"]
+    return epoch, pq_idx, (saved // world_size + 1) * world_size - offset, 0, 0
+
+
+def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads=4, tokenizer_batch_size=128,
+                                                  device="cuda", resume_state_dict=None, tokenizer=None,
+                                                  rank=None, world_size=None, data_dir=None):
+    """
+    Infinite iterator of (inputs, targets, state_dict): int64 (B, T) tensors on `device` and a small
+    JSON-serializable dict; passing that dict back as `resume_state_dict` continues with exactly the
+    batch that would have come next. `rank`/`world_size` default to the torchrun environment.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if B <= 0 or T <= 0:
+        raise ValueError(f"B and T must be positive, got B={B}, T={T}")
+    if rank is None or world_size is None:
+        _, env_rank, _, env_world = get_dist_info()
+        rank = env_rank if rank is None else rank
+        world_size = env_world if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if tokenizer is None:
+        from nanochat.tokenizer import get_tokenizer
+        tokenizer = get_tokenizer()
+    bos = tokenizer.get_bos_token_id()
+    files = split_files(split, data_dir)
+    epoch, pq_idx, min_rg, doc_idx, token_idx = _start_position(resume_state_dict, rank, world_size, files)
+    row_groups = iterate_row_groups(files, rank, world_size, start=(epoch, pq_idx, min_rg))
+
+    # pending documents, oldest first: [position, tokens, offset of the next unconsumed token]
+    pending = deque()
+    num_pending = 0
+
+    def tokenize_more():
+        """Tokenize the next document batch (<= tokenizer_batch_size docs) and append it to `pending`."""
+        nonlocal num_pending, current, skip_docs, skip_tokens
+        if current is None or current[4] >= len(current[3]):
+            e, p, r, docs = next(row_groups)
+            current = [e, p, r, docs, skip_docs]
+            skip_docs = 0
+        e, p, r, docs, first = current
+        chunk = docs[first:first + tokenizer_batch_size]
+        current[4] = first + len(chunk)
+        for i, ids in enumerate(tokenizer.encode(chunk, prepend=bos, num_threads=tokenizer_threads)):
+            offset, skip_tokens = skip_tokens, 0  # only the resumed document starts mid-way
+            pending.append([(e, p, r, first + i), ids, offset])
+            num_pending += len(ids) - offset
+
+    def take(n):
+        """Pop the next n tokens off `pending` (consuming them) as one list."""
+        nonlocal num_pending
+        out = []
+        while len(out) < n:
+            entry = pending[0]
+            _, ids, offset = entry
+            end = min(len(ids), offset + n - len(out))
+            out.extend(ids[offset:end])
+            entry[2] = end
+            if end == len(ids):
+                pending.popleft()
+        num_pending -= n
+        return out
+
+    # current = [epoch, pq_idx, rg_idx, docs, index of the next doc to tokenize] of the open row group;
+    # skip_docs/skip_tokens position the first row group/document of a resumed stream
+    current, skip_docs, skip_tokens = None, doc_idx, token_idx
+    use_cuda = torch.device(device).type == "cuda"
+    needed = B * T + 1
+    while True:
+        while num_pending < needed:
+            tokenize_more()
+        tokens = take(B * T)
+        tokens.append(pending[0][1][pending[0][2]])  # the carried token: next batch's first input
+        (e, p, r, d), _, offset = pending[0]
+        state_dict = {"epoch": e, "pq_idx": p, "rg_idx": r, "doc_idx": d, "token_idx": offset,
+                      "rank": rank, "world_size": world_size}
+        scratch = torch.tensor(tokens, dtype=torch.long, pin_memory=use_cuda)
+        inputs, targets = scratch[:-1].view(B, T), scratch[1:].view(B, T)
+        if use_cuda:
+            inputs = inputs.to(device=device, non_blocking=True)
+            targets = targets.to(device=device, non_blocking=True)
+        yield inputs, targets, state_dict
+
+
+def tokenizing_distributed_data_loader(*args, **kwargs):
+    """Same as tokenizing_distributed_data_loader_with_state, yielding only (inputs, targets)."""
+    for inputs, targets, _ in tokenizing_distributed_data_loader_with_state(*args, **kwargs):
+        yield inputs, targets
