@@ -1,0 +1,83 @@
+"""
+On-policy REINFORCE for chat RL (a simplified GRPO): sample completions for a prompt, score
+them, and push up the log-probability of better-than-average samples.
+
+- `sample_rollouts`: one group of completions for one prompt, padded into training tensors.
+- `group_advantages`: reward minus the group mean (no std normalisation, no KL, no clipping).
+- `policy_gradient_loss`: token-level normalised objective; its gradient accumulates over passes.
+"""
+
+import torch
+
+ASSISTANT_END = "<|assistant_end|>"
+
+
+def group_advantages(rewards):
+    """rewards (..., N) -> rewards minus their mean over the last dim (a group = one prompt's samples)."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    if rewards.numel() == 0:
+        raise ValueError("cannot compute advantages of an empty group of rewards")
+    return rewards - rewards.mean(dim=-1, keepdim=True)
+
+
+def pad_rollouts(sequences, masks, pad_id):
+    """
+    Token lists (prompt + completion) and their masks (1 = sampled by the policy) ->
+    (inputs, targets) int64 (N, L-1): right-padded with `pad_id`, targets -1 wherever the next
+    token was not sampled (prompt, calculator output, padding), so only sampled tokens are trained.
+    """
+    if len(sequences) != len(masks) or not sequences:
+        raise ValueError(f"need as many masks as sequences (got {len(sequences)} and {len(masks)}), at least one")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (seq, m) in enumerate(zip(sequences, masks)):
+        if len(seq) != len(m):
+            raise ValueError(f"sequence {i} has {len(seq)} tokens but {len(m)} mask entries")
+        ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, :len(m)] = torch.tensor(m, dtype=torch.long)
+    inputs = ids[:, :-1]
+    targets = ids[:, 1:].clone()
+    targets[mask[:, 1:] == 0] = -1
+    return inputs, targets
+
+
+@torch.no_grad()
+def sample_rollouts(engine, tokenizer, prompt_ids, reward_fn, num_samples, device_batch_size,
+                    max_new_tokens, temperature=1.0, top_k=None, seed_key=(0, 0)):
+    """
+    Sample `num_samples` completions of `prompt_ids` in batches of `device_batch_size`, score each
+    with `reward_fn(completion_text)`, and return a dict with the padded `inputs`/`targets`, the
+    `rewards`, their `advantages` and the raw `sequences`. Seeds derive from `seed_key`
+    (e.g. (step, example_idx)) so a run is reproducible.
+    """
+    if num_samples % device_batch_size != 0:
+        raise ValueError(f"num_samples={num_samples} must be a multiple of device_batch_size={device_batch_size}")
+    was_training = engine.model.training
+    engine.model.eval()
+    sequences, masks = [], []
+    for sampling_step in range(num_samples // device_batch_size):
+        seed = hash((*seed_key, sampling_step)) & 0x7FFFFFFF
+        batch, batch_masks = engine.generate_batch(prompt_ids, num_samples=device_batch_size,
+                                                   max_tokens=max_new_tokens, temperature=temperature,
+                                                   top_k=top_k, seed=seed)
+        sequences.extend(batch)
+        masks.extend(batch_masks)
+    engine.model.train(was_training)
+    prefix = len(prompt_ids)
+    rewards = torch.tensor([float(reward_fn(tokenizer.decode(seq[prefix:]))) for seq in sequences])
+    inputs, targets = pad_rollouts(sequences, masks, tokenizer.encode_special(ASSISTANT_END))
+    return {"sequences": sequences, "inputs": inputs, "targets": targets,
+            "rewards": rewards, "advantages": group_advantages(rewards)}
+
+
+def policy_gradient_loss(model, inputs, targets, advantages, normalizer=1):
+    """
+    -sum(logp(sampled token) * advantage of its row) / (num_valid_tokens * normalizer).
+    `normalizer` = passes per example * examples per rank, so accumulated gradients average
+    over them. Ignored targets (-1) contribute 0.
+    """
+    logp = -model(inputs, targets, loss_reduction="none").view_as(inputs)
+    num_valid = (targets >= 0).sum().clamp(min=1)
+    pg = (logp * advantages.to(logp.device)[:, None]).sum() / (num_valid * normalizer)
+    return -pg

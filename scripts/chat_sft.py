@@ -1,0 +1,206 @@
+"""
+Supervised finetuning: one conversation per row, padded, loss only on the assistant's tokens.
+
+    python -m scripts.chat_sft
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_sft -- --source=mid
+
+CPU example (tiny model):
+    python -m scripts.chat_sft --device_type=cpu --device_batch_size=2 --target_examples_per_step=4 \
+        --num_iterations=30 --max_seq_len=512 --eval_every=10 --eval_steps=4 --eval_metrics_every=-1
+
+Resume exactly from the checkpoint of step N (written with --save_every): --resume_from_step=N.
+"""
+
+import os
+
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before torch touches CUDA
+
+from contextlib import nullcontext  # noqa: E402
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from nanochat.chat_data import PaddedConversations, gather_loader_states, nonempty_tasks  # noqa: E402
+from nanochat.checkpoint_manager import load_model  # noqa: E402
+from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
+                             print0, print_banner)
+from nanochat.configurator import configure  # noqa: E402
+from nanochat.training import (apply_schedule, autocast_context, get_report, init_wandb, is_due,  # noqa: E402
+                               linear_decay_lr_multiplier, load_training_checkpoint, save_training_checkpoint)
+from tasks.common import TaskMixture  # noqa: E402
+
+DEFAULTS = dict(
+    run="dummy",  # wandb run name; "dummy" disables wandb
+    source="mid",  # base|mid: which checkpoint family to finetune
+    model_tag=None,
+    step=None,
+    device_type="",  # cuda|cpu|mps; "" = autodetect
+    dtype="bfloat16",  # "float32" turns CUDA autocast off
+    device_batch_size=4,
+    num_epochs=1,
+    num_iterations=-1,  # -1 = derive from num_epochs
+    target_examples_per_step=32,
+    unembedding_lr=0.004,
+    embedding_lr=0.2,
+    matrix_lr=0.02,
+    weight_decay=0.0,
+    init_lr_frac=0.02,
+    eval_every=100,
+    eval_steps=100,
+    eval_metrics_every=200,  # MMLU / ARC-Easy accuracy; <= 0 disables
+    eval_metrics_max_problems=1024,
+    max_seq_len=2048,  # conversations are truncated to this many tokens
+    save_every=-1,  # extra checkpoints for resuming; -1 = only at the end
+    resume_from_step=-1,
+)
+SECTION = "Chat SFT"
+
+
+def build_tasks():
+    """(train tasks, val tasks) as (name, task) pairs."""
+    from tasks.arc import ARC
+    from tasks.customjson import CustomJSON
+    from tasks.gsm8k import GSM8K
+    from tasks.smoltalk import SmolTalk
+    from tasks.spellingbee import SimpleSpelling, SpellingBee
+    identity = os.path.join(get_base_dir(), "identity_conversations.jsonl")
+    train = [("ARC-Easy train", ARC("ARC-Easy", "train")), ("ARC-Challenge train", ARC("ARC-Challenge", "train")),
+             ("GSM8K main/train", GSM8K("main", "train")), ("SmolTalk train[:10000]", SmolTalk("train", stop=10_000)),
+             ("identity", CustomJSON(identity)), ("SimpleSpelling", SimpleSpelling(size=300, split="train")),
+             ("SpellingBee", SpellingBee(size=300, split="train"))]
+    return train, [("SmolTalk test", SmolTalk("test"))]
+
+
+def mean_across_ranks(value, device):
+    t = torch.tensor(float(value), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.AVG)
+    return t.item()
+
+
+def chat_metrics(model, tokenizer, max_problems, batch_size):
+    """MMLU and ARC-Easy accuracy through the chat evaluation (scripts.chat_eval)."""
+    from nanochat.engine import Engine
+    from scripts.chat_eval import run_chat_eval
+    engine = Engine(model, tokenizer)
+    return {key: run_chat_eval(task, model, tokenizer, engine, batch_size=batch_size, max_problems=max_problems)
+            for key, task in (("mmlu_acc", "MMLU"), ("arc_easy_acc", "ARC-Easy"))}
+
+
+def main(argv=None, tasks_fn=build_tasks):
+    cfg = configure(DEFAULTS, argv)
+    user_config = cfg.user_config()
+    print_banner()
+    device_type = cfg.device_type or autodetect_device_type()
+    ddp, rank, _, world_size, device = compute_init(device_type)
+    autocast_ctx = autocast_context(device_type) if cfg.dtype == "bfloat16" else nullcontext()
+    wandb_run = init_wandb(cfg.run, user_config, rank == 0, project="nanochat-sft")
+    model, tokenizer, _ = load_model(cfg.source, device, phase="train", model_tag=cfg.model_tag, step=cfg.step)
+    # not compiled: every batch has a different width
+
+    train_named, val_named = tasks_fn()
+    train_ds, val_ds = TaskMixture(nonempty_tasks(train_named, "train")), TaskMixture(nonempty_tasks(val_named, "val"))
+    examples_per_pass = cfg.device_batch_size * world_size
+    if cfg.target_examples_per_step % examples_per_pass != 0:
+        raise ValueError(f"target_examples_per_step={cfg.target_examples_per_step} must be a multiple of "
+                         f"device_batch_size*world_size = {cfg.device_batch_size}*{world_size} = {examples_per_pass}")
+    accum_steps = cfg.target_examples_per_step // examples_per_pass
+    num_iterations = cfg.num_iterations
+    if num_iterations <= 0:
+        num_iterations = (len(train_ds) // cfg.target_examples_per_step) * cfg.num_epochs
+    if num_iterations <= 0:
+        raise ValueError(f"{len(train_ds)} training rows give no full step of {cfg.target_examples_per_step} "
+                         "examples; lower target_examples_per_step or set num_iterations")
+    print0(f"Gradient accumulation steps: {accum_steps}, iterations: {num_iterations}")
+
+    optimizers = model.setup_optimizers(unembedding_lr=cfg.unembedding_lr, embedding_lr=cfg.embedding_lr,
+                                        matrix_lr=cfg.matrix_lr, weight_decay=cfg.weight_decay)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] = group["lr"] * cfg.init_lr_frac
+
+    checkpoint_dir = os.path.join(get_base_dir(), "chatsft_checkpoints", f"d{model.config.n_layer}")
+    start_step, loader_state, metrics = 0, None, {"val_loss": None, "mmlu_acc": None, "arc_easy_acc": None}
+    if cfg.resume_from_step >= 0:
+        print0(f"Resuming from step {cfg.resume_from_step} of {checkpoint_dir}")
+        meta = load_training_checkpoint(checkpoint_dir, cfg.resume_from_step, model, optimizers, device, rank)
+        if len(meta["dataloader_state_dicts"]) != world_size:
+            raise ValueError(f"checkpoint was written by {len(meta['dataloader_state_dicts'])} ranks; "
+                             f"resume with the same number, not {world_size}")
+        start_step, loader_state = meta["step"], meta["dataloader_state_dicts"][rank]
+        metrics.update({k: meta[k] for k in metrics})
+
+    def padded(dataset, state=None, name="sft"):
+        return PaddedConversations(dataset, tokenizer, cfg.device_batch_size, rank=rank, world_size=world_size,
+                                   device=device, max_tokens=cfg.max_seq_len, state=state, name=name)
+
+    train_loader = padded(train_ds, loader_state, "sft train")
+    report = get_report()
+    results = {"losses": {}, "val_loss": {}}
+    train_loss = None
+    for step in range(start_step, num_iterations + 1):
+        last_step = step == num_iterations  # evaluate and save; no update
+
+        if is_due(step, cfg.eval_every, last_step):
+            model.eval()
+            val_loader = padded(val_ds, name="sft val")
+            with torch.no_grad(), autocast_ctx:
+                losses = [model(*next(val_loader)).item() for _ in range(cfg.eval_steps)]
+            metrics["val_loss"] = mean_across_ranks(sum(losses) / len(losses), device)
+            model.train()
+            results["val_loss"][step] = metrics["val_loss"]
+            print0(f"Step {step:05d} | Validation loss: {metrics['val_loss']:.6f}")
+            wandb_run.log({"step": step, "val_loss": metrics["val_loss"]})
+            report.log_metrics(SECTION, step, val_loss=metrics["val_loss"])
+
+        if is_due(step, cfg.eval_metrics_every, last_step, skip_first=True):
+            model.eval()
+            with autocast_ctx:
+                metrics.update(chat_metrics(model, tokenizer, cfg.eval_metrics_max_problems, 2 * cfg.device_batch_size))
+            model.train()
+            print0(f"Step {step:05d} | MMLU acc: {metrics['mmlu_acc']:.4f} | ARC-Easy acc: {metrics['arc_easy_acc']:.4f}")
+            wandb_run.log({"step": step, "mmlu_acc": metrics["mmlu_acc"], "arc_easy_acc": metrics["arc_easy_acc"]})
+
+        if last_step or (step != cfg.resume_from_step and is_due(step, cfg.save_every, skip_first=True)):
+            meta = dict(metrics, step=step, model_config=model.config.__dict__, user_config=user_config,
+                        dataloader_state_dicts=gather_loader_states(train_loader.state_dict()))
+            save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, rank=rank)
+        if last_step:
+            break
+
+        num_tokens = torch.zeros((), dtype=torch.long, device=device)
+        for _ in range(accum_steps):
+            x, y = next(train_loader)
+            with autocast_ctx:
+                loss = model(x, y)
+            train_loss = loss.detach()
+            (loss / accum_steps).backward()
+            num_tokens += (y >= 0).sum()
+        if ddp:
+            dist.all_reduce(num_tokens, op=dist.ReduceOp.SUM)
+        lrm = linear_decay_lr_multiplier(step, num_iterations)
+        apply_schedule(optimizers, lrm)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+
+        train_loss = train_loss.item()
+        results["losses"][step] = train_loss
+        print0(f"Step {step:05d}/{num_iterations:05d} | Training loss: {train_loss:.6f} | lrm: {lrm:.6f} "
+               f"| num_tokens: {num_tokens.item():,}")
+        wandb_run.log({"step": step, "lrm": lrm, "train_loss": train_loss, "num_tokens": num_tokens.item()})
+        report.log_metrics(SECTION, step, train_loss=train_loss, lrm=lrm)
+
+    report.log(section=SECTION, data=[
+        user_config,
+        {"Training rows": len(train_ds), "Number of iterations": num_iterations, "Training loss": train_loss,
+         "Validation loss": metrics["val_loss"], "Skipped conversations": train_loader.walker.skipped},
+    ])
+    wandb_run.finish()
+    compute_cleanup()
+    results.update(model=model, num_iterations=num_iterations, checkpoint_dir=checkpoint_dir, **metrics)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""scripts.chat_sft on a tiny model: padded training runs, saves at num_iterations, resumes bit for bit."""
+
+import os
+
+import pytest
+import torch
+
+from nanochat.checkpoint_manager import save_checkpoint
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import save_token_bytes
+
+
+def conv(user, assistant):
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+def tiny_mid(base_dir, tokenizer):
+    tok_dir = os.path.join(base_dir, "tokenizer")
+    tokenizer.save(tok_dir)
+    save_token_bytes(tokenizer, tok_dir)
+    config = GPTConfig(sequence_len=64, vocab_size=tokenizer.get_vocab_size(), n_layer=1, n_head=2,
+                       n_kv_head=2, n_embd=32)
+    torch.manual_seed(0)
+    model = GPT(config)
+    model.init_weights()
+    save_checkpoint(os.path.join(base_dir, "mid_checkpoints", "d1"), 5, model.state_dict(), None,
+                    {"step": 5, "model_config": config.__dict__})
+
+
+def toy_tasks():
+    train = [("toy", [conv(f"capital of country {i}?", f"city {i}") for i in range(30)])]
+    return train, [("toy val", [conv(f"hi {i}", f"hello {i}") for i in range(6)])]
+
+
+ARGS = ["--device_type=cpu", "--device_batch_size=2", "--target_examples_per_step=4", "--eval_every=2",
+        "--eval_steps=2", "--eval_metrics_every=-1", "--init_lr_frac=0.5"]
+
+
+def run(argv):
+    from scripts import chat_sft
+    return chat_sft.main(ARGS + argv, tasks_fn=toy_tasks)
+
+
+def test_sft_trains_and_saves_at_the_final_step(base_dir, byte_tokenizer):
+    tiny_mid(base_dir, byte_tokenizer)
+    out = run(["--num_iterations=5"])
+    assert sorted(out["losses"]) == list(range(5))
+    assert out["losses"][4] < out["losses"][0]
+    assert out["val_loss"] is not None
+    assert os.path.exists(os.path.join(base_dir, "chatsft_checkpoints", "d1", "model_000005.pt"))
+    with open(os.path.join(base_dir, "report", "chat-sft.md")) as f:
+        assert "Training rows: 30" in f.read()
+
+
+def test_iterations_from_epochs(base_dir, byte_tokenizer):
+    tiny_mid(base_dir, byte_tokenizer)
+    out = run(["--eval_every=-1", "--num_epochs=2"])
+    assert out["num_iterations"] == (30 // 4) * 2
+
+
+def test_examples_per_step_must_divide(base_dir, byte_tokenizer):
+    tiny_mid(base_dir, byte_tokenizer)
+    with pytest.raises(ValueError, match="must be a multiple of device_batch_size"):
+        run(["--target_examples_per_step=5"])
+
+
+def test_sft_resume_is_bit_identical(base_dir, byte_tokenizer):
+    tiny_mid(base_dir, byte_tokenizer)
+    full = run(["--num_iterations=6", "--save_every=3"])
+    resumed = run(["--num_iterations=6", "--resume_from_step=3"])
+    assert sorted(resumed["losses"]) == [3, 4, 5]
+    for step in (3, 4, 5):
+        assert resumed["losses"][step] == full["losses"][step]
+    for (name, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
+        assert torch.equal(a, b), name
