@@ -1,0 +1,223 @@
+"""
+CORE in-context evaluation (DCLM, arXiv 2406.11794): few-shot prompts, scored by the base model's
+losses/greedy predictions on the answer span. Three item types:
+- multiple_choice:   {"query", "choices": [...], "gold": int}      -> lowest mean loss over each choice
+- schema:            {"context_options": [...], "continuation", "gold"} -> lowest loss of the shared continuation
+- language_modeling: {"context", "continuation"}                   -> every continuation token predicted greedily
+"""
+
+import random
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+REQUIRED_FIELDS = {
+    "multiple_choice": ("query", "choices", "gold"),
+    "schema": ("context_options", "continuation", "gold"),
+    "language_modeling": ("context", "continuation"),
+}
+
+
+class MalformedItem(ValueError):
+    """A task row that cannot be rendered for its task type."""
+
+
+def check_item(item, task_type):
+    """Raise MalformedItem unless `item` has the fields and types its task type needs."""
+    if task_type not in REQUIRED_FIELDS:
+        raise ValueError(f"unknown CORE task type {task_type!r}; expected one of {sorted(REQUIRED_FIELDS)}")
+    if not isinstance(item, dict):
+        raise MalformedItem(f"item is a {type(item).__name__}, not an object")
+    missing = [k for k in REQUIRED_FIELDS[task_type] if k not in item]
+    if missing:
+        raise MalformedItem(f"missing field(s) {missing}")
+    options = item.get("choices") if task_type == "multiple_choice" else item.get("context_options")
+    if task_type != "language_modeling":
+        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+            raise MalformedItem("needs a list of at least two string options")
+        if not isinstance(item["gold"], int) or not 0 <= item["gold"] < len(options):
+            raise MalformedItem(f"gold={item['gold']!r} is not an index into {len(options)} options")
+    text_fields = [f for f in REQUIRED_FIELDS[task_type] if f in ("query", "continuation", "context")]
+    for field in text_fields:
+        if not isinstance(item[field], str):
+            raise MalformedItem(f"field {field!r} must be a string")
+
+
+def split_malformed(data, task_type):
+    """(usable items, number of malformed ones) — bad rows are counted, never fatal."""
+    good, bad = [], 0
+    for item in data:
+        try:
+            check_item(item, task_type)
+            good.append(item)
+        except MalformedItem:
+            bad += 1
+    return good, bad
+
+
+# -----------------------------------------------------------------------------
+# Prompt rendering (shots separated by a blank line)
+
+def render_prompts_mc(item, continuation_delimiter, fewshot_examples=None):
+    """One prompt per choice; the choices share the prefix, so the answer span is the differing tail."""
+    shots = "".join(f"{ex['query']}{continuation_delimiter}{ex['choices'][ex['gold']]}\n\n"
+                    for ex in (fewshot_examples or []))
+    return [f"{shots}{item['query']}{continuation_delimiter}{choice}" for choice in item["choices"]]
+
+
+def render_prompts_schema(item, continuation_delimiter, fewshot_examples=None):
+    """One prompt per context option; all end with the same continuation (the scored span)."""
+    shots = "".join(f"{ex['context_options'][ex['gold']]}{continuation_delimiter}{ex['continuation']}\n\n"
+                    for ex in (fewshot_examples or []))
+    return [f"{shots}{option}{continuation_delimiter}{item['continuation']}" for option in item["context_options"]]
+
+
+def render_prompts_lm(item, continuation_delimiter, fewshot_examples=None):
+    """[without, with] the continuation; `without` is stripped so its tokens prefix those of `with`."""
+    shots = "".join(f"{ex['context'].strip()}{continuation_delimiter}{ex['continuation']}\n\n"
+                    for ex in (fewshot_examples or []))
+    prompt = f"{shots}{item['context'].strip()}{continuation_delimiter}"
+    return [prompt.strip(), prompt + item["continuation"]]
+
+
+# -----------------------------------------------------------------------------
+# Batching
+
+def find_common_length(token_sequences, direction="left"):
+    """Length of the common prefix ('left') or suffix ('right') of all sequences."""
+    min_len = min(len(seq) for seq in token_sequences)
+    indices = range(min_len) if direction == "left" else range(-1, -min_len - 1, -1)
+    for i, idx in enumerate(indices):
+        token = token_sequences[0][idx]
+        if not all(seq[idx] == token for seq in token_sequences):
+            return i
+    return min_len
+
+
+def stack_sequences(tokens, pad_token_id):
+    """Right-pad a list of token lists into a (B, max_len) LongTensor."""
+    batch_size, seq_len = len(tokens), max(len(x) for x in tokens)
+    input_ids = torch.full((batch_size, seq_len), pad_token_id, dtype=torch.long)
+    for i, row in enumerate(tokens):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return input_ids
+
+
+def batch_sequences_mc(tokenizer, prompts):
+    tokens = tokenizer(prompts, prepend=tokenizer.get_bos_token_id())
+    answer_start = find_common_length(tokens, direction="left")
+    return tokens, [answer_start] * len(prompts), [len(row) for row in tokens]
+
+
+def batch_sequences_schema(tokenizer, prompts):
+    tokens = tokenizer(prompts, prepend=tokenizer.get_bos_token_id())
+    suffix_length = find_common_length(tokens, direction="right")
+    end_indices = [len(row) for row in tokens]
+    return tokens, [end - suffix_length for end in end_indices], end_indices
+
+
+def batch_sequences_lm(tokenizer, prompts):
+    tokens_without, tokens_with = tokenizer(prompts, prepend=tokenizer.get_bos_token_id())
+    start, end = len(tokens_without), len(tokens_with)
+    if not (start < end and tokens_with[:start] == tokens_without):
+        raise MalformedItem("the prompt without the continuation does not tokenize to a strict prefix of the prompt with it")
+    return [tokens_with], [start], [end]
+
+
+# -----------------------------------------------------------------------------
+# Scoring
+
+@torch.no_grad()
+def forward_model(model, input_ids):
+    """Per-position next-token losses (last column NaN) and greedy predictions, both (B, T)."""
+    batch_size, seq_len = input_ids.size()
+    logits = model(input_ids)
+    target_ids = torch.roll(input_ids, shifts=-1, dims=1)
+    losses = F.cross_entropy(logits.float().view(batch_size * seq_len, -1), target_ids.view(batch_size * seq_len),
+                             reduction="none").view(batch_size, seq_len)
+    losses[:, -1] = float("nan")
+    return losses, logits.argmax(dim=-1)
+
+
+def _crop_to_context(tokens, start_idxs, end_idxs, max_seq_len):
+    """Keep the last max_seq_len tokens of each row, shifting the spans to match."""
+    new_tokens, new_starts, new_ends = [], [], []
+    for row, start, end in zip(tokens, start_idxs, end_idxs):
+        if len(row) > max_seq_len:
+            crop = len(row) - max_seq_len
+            row, start, end = row[-max_seq_len:], max(0, start - crop), end - crop
+        new_tokens.append(row)
+        new_starts.append(start)
+        new_ends.append(end)
+    return new_tokens, new_starts, new_ends
+
+
+@torch.no_grad()
+def evaluate_example(idx, model, tokenizer, data, device, task_meta):
+    """Whether the model gets item `idx` right under this task's few-shot setup."""
+    item = data[idx]
+    task_type, num_fewshot = task_meta["task_type"], task_meta["num_fewshot"]
+    delimiter = task_meta["continuation_delimiter"]
+
+    fewshot_examples = []
+    if num_fewshot > 0:
+        rng = random.Random(1234 + idx)
+        available = [i for i in range(len(data)) if i != idx]
+        fewshot_examples = [data[i] for i in rng.sample(available, min(num_fewshot, len(available)))]
+
+    if task_type == "multiple_choice":
+        prompts = render_prompts_mc(item, delimiter, fewshot_examples)
+        tokens, start_idxs, end_idxs = batch_sequences_mc(tokenizer, prompts)
+    elif task_type == "schema":
+        prompts = render_prompts_schema(item, delimiter, fewshot_examples)
+        tokens, start_idxs, end_idxs = batch_sequences_schema(tokenizer, prompts)
+    elif task_type == "language_modeling":
+        prompts = render_prompts_lm(item, delimiter, fewshot_examples)
+        tokens, start_idxs, end_idxs = batch_sequences_lm(tokenizer, prompts)
+    else:
+        raise ValueError(f"Unsupported task type: {task_type}")
+
+    # the HF wrapper declares its context; our GPT cannot encode positions past its rotary tables
+    max_seq_len = getattr(model, "max_seq_len", None) or getattr(model, "rotary_seq_len", None)
+    if max_seq_len is not None:
+        tokens, start_idxs, end_idxs = _crop_to_context(tokens, start_idxs, end_idxs, max_seq_len)
+
+    input_ids = stack_sequences(tokens, tokenizer.get_bos_token_id()).to(device)
+    losses, predictions = forward_model(model, input_ids)
+
+    if task_type == "language_modeling":
+        si, ei = start_idxs[0], end_idxs[0]
+        return bool(torch.all(predictions[0, si - 1:ei - 1] == input_ids[0, si:ei]).item())
+    # an empty span (identical options) would average to NaN; treat it as infinitely unlikely
+    mean_losses = [losses[i, si - 1:ei - 1].mean().item() if ei > si else float("inf")
+                   for i, (si, ei) in enumerate(zip(start_idxs, end_idxs))]
+    return min(range(len(mean_losses)), key=mean_losses.__getitem__) == item["gold"]
+
+
+def evaluate_task(model, tokenizer, data, device, task_meta, stats=None):
+    """
+    Accuracy over `data`, examples strided over ranks and summed across them. An example that
+    fails to render is counted in stats["malformed"] and left out of the mean, not fatal.
+    """
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    counts = torch.zeros(3, dtype=torch.float64)  # correct, evaluated, malformed
+    for idx in range(rank, len(data), world_size):
+        try:
+            correct = evaluate_example(idx, model, tokenizer, data, device, task_meta)
+        except (MalformedItem, KeyError, TypeError, IndexError, AttributeError) as e:
+            counts[2] += 1
+            if stats is not None:
+                stats.setdefault("errors", []).append(f"item {idx}: {e}")
+            continue
+        counts[0] += float(correct)
+        counts[1] += 1
+    if world_size > 1:
+        counts = counts.to(device)
+        dist.barrier()
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        counts = counts.cpu()
+    if stats is not None:
+        stats["evaluated"], stats["malformed"] = int(counts[1]), int(counts[2])
+    return (counts[0] / counts[1]).item() if counts[1] > 0 else 0.0

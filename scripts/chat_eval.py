@@ -1,0 +1,204 @@
+"""
+Evaluate a chat model on categorical tasks (ARC, MMLU: pick the likeliest answer letter) and
+generative tasks (GSM8K, HumanEval, SpellingBee: sample and check), and summarise as ChatCORE.
+
+    python -m scripts.chat_eval -i sft
+    python -m scripts.chat_eval -i mid -a "ARC-Easy|GSM8K" -x 100
+    torchrun --standalone --nproc_per_node=8 -m scripts.chat_eval -- -i sft
+"""
+
+import argparse
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, print0
+from tasks.arc import ARC
+from tasks.gsm8k import GSM8K
+from tasks.humaneval import HumanEval
+from tasks.mmlu import MMLU
+from tasks.spellingbee import SpellingBee
+
+TASK_FACTORIES = {
+    "ARC-Easy": partial(ARC, subset="ARC-Easy", split="test"),
+    "ARC-Challenge": partial(ARC, subset="ARC-Challenge", split="test"),
+    "MMLU": partial(MMLU, subset="all", split="test"),
+    "GSM8K": partial(GSM8K, subset="main", split="test"),
+    "HumanEval": HumanEval,
+    "SpellingBee": partial(SpellingBee, size=256, split="test"),
+}
+ALL_TASKS = list(TASK_FACTORIES)
+BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
+
+
+def _rank_world():
+    _, rank, _, world_size = get_dist_info()
+    return rank, world_size
+
+
+def _sum_across_ranks(values, device):
+    """All-reduce a list of counts (no-op in a single process)."""
+    tensor = torch.tensor(values, dtype=torch.long, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_new_tokens, temperature, top_k,
+                        max_problems=None):
+    """pass@num_samples: a problem passes if any of its samples passes task.evaluate."""
+    rank, world_size = _rank_world()
+    device = model.get_device()
+    num_problems = len(task_object) if max_problems is None else min(len(task_object), max_problems)
+    num_passed, total = 0, 0
+    for i in range(rank, num_problems, world_size):
+        conversation = task_object[i]
+        encoded_prompt = tokenizer.render_for_completion(conversation)
+        results, _ = engine.generate_batch(encoded_prompt, num_samples=num_samples, max_tokens=max_new_tokens,
+                                           temperature=temperature, top_k=top_k)
+        prefix_length = len(encoded_prompt)
+        completions = [tokenizer.decode(result[prefix_length:]) for result in results]
+        passed = any(task_object.evaluate(conversation, completion) for completion in completions)
+        total += 1
+        num_passed += int(passed)
+        print(f"\r\033[KRank {rank} | {num_passed}/{total} ({100 * num_passed / total:.2f}%)", end="", flush=True)
+    print()
+    num_passed, total = _sum_across_ranks([num_passed, total], device)
+    print0("=" * 50)
+    print0(f"Final: {num_passed}/{total} ({100 * num_passed / max(total, 1):.2f}%)")
+    return num_passed / total if total else 0.0
+
+
+def _letter_token_ids(tokenizer, letters, cache):
+    """Each answer letter must be a single token; the ids are cached per tokenizer run."""
+    ids = []
+    for letter in letters:
+        if letter not in cache:
+            encoded = tokenizer.encode(letter)
+            if len(encoded) != 1:
+                raise ValueError(f"answer letter {letter!r} encodes to {len(encoded)} tokens; categorical eval needs exactly one")
+            cache[letter] = encoded[0]
+        ids.append(cache[letter])
+    return ids
+
+
+@torch.no_grad()
+def run_categorical_eval(task_object, tokenizer, model, batch_size, max_problems=None):
+    """Pick the answer letter with the highest logit right after <|assistant_start|>."""
+    rank, world_size = _rank_world()
+    device = model.get_device()
+    bos = tokenizer.get_bos_token_id()
+    num_problems = len(task_object) if max_problems is None else min(len(task_object), max_problems)
+    num_batches = -(-num_problems // batch_size)
+    letter_cache = {}
+    num_passed, total = 0, 0
+    for b in range(rank, num_batches, world_size):
+        i0, i1 = b * batch_size, min((b + 1) * batch_size, num_problems)
+        conversations = [task_object[i] for i in range(i0, i1)]
+        prompts = [tokenizer.render_for_completion(conversation) for conversation in conversations]
+        max_length = max(len(p) for p in prompts)
+        answer_positions = [len(p) - 1 for p in prompts]
+        padded = [p + [bos] * (max_length - len(p)) for p in prompts]
+        prompt_ids = torch.tensor(padded, dtype=torch.long, device=device)
+        logits = model(prompt_ids)
+        for idx, conversation in enumerate(conversations):
+            letters = conversation["letters"]
+            letter_ids = _letter_token_ids(tokenizer, letters, letter_cache)
+            focus_logits = logits[idx, answer_positions[idx], letter_ids]
+            predicted_letter = letters[focus_logits.argmax(dim=-1).item()]
+            num_passed += int(task_object.evaluate(conversation, predicted_letter))
+            total += 1
+    num_passed, total = _sum_across_ranks([num_passed, total], device)
+    average = num_passed / total if total else 0.0
+    print0(f"Final: {num_passed}/{total} ({100 * average:.2f}%)")
+    return average
+
+
+def parse_task_names(task_name):
+    """None -> all tasks; 'A|B' -> [A, B]; an unknown name is an error listing the valid ones."""
+    if task_name is None:
+        return list(ALL_TASKS)
+    names = [name.strip() for name in task_name.split("|") if name.strip()]
+    unknown = [name for name in names if name not in TASK_FACTORIES]
+    if unknown or not names:
+        raise ValueError(f"unknown task name(s) {unknown or [task_name]}; valid names: {', '.join(ALL_TASKS)} "
+                         "(combine with '|', e.g. -a 'ARC-Easy|GSM8K')")
+    return names
+
+
+def run_chat_eval(task_name, model, tokenizer, engine, batch_size=1, num_samples=1, max_new_tokens=512,
+                  temperature=0.0, top_k=50, max_problems=None):
+    parse_task_names(task_name)  # clear error for a bad name
+    task_object = TASK_FACTORIES[task_name]()
+    if task_object.eval_type == "generative":
+        return run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_new_tokens,
+                                   temperature, top_k, max_problems=max_problems)
+    if task_object.eval_type == "categorical":
+        return run_categorical_eval(task_object, tokenizer, model, batch_size, max_problems=max_problems)
+    raise ValueError(f"Unsupported task evaluation type: {task_object.eval_type}")
+
+
+def chatcore(results):
+    """Mean baseline-centered accuracy over all six tasks; None unless all of them ran."""
+    if not all(name in results for name in ALL_TASKS):
+        return None
+    return sum((results[name] - BASELINES[name]) / (1.0 - BASELINES[name]) for name in ALL_TASKS) / len(ALL_TASKS)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Evaluate a chat model")
+    parser.add_argument("-i", "--source", type=str, required=True, help="Source of the model: sft|mid|rl")
+    parser.add_argument("-a", "--task-name", type=str, default=None, help="Task name(s), '|'-separated. Default = all")
+    parser.add_argument("-d", "--dtype", type=str, default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("-t", "--temperature", type=float, default=0.0)
+    parser.add_argument("-m", "--max-new-tokens", type=int, default=512)
+    parser.add_argument("-n", "--num-samples", type=int, default=1)
+    parser.add_argument("-k", "--top-k", type=int, default=50)
+    parser.add_argument("-b", "--batch-size", type=int, default=8, help="Batch size for categorical evaluation")
+    parser.add_argument("-g", "--model-tag", type=str, default=None, help="Model tag to load")
+    parser.add_argument("-s", "--step", type=int, default=None, help="Step to load")
+    parser.add_argument("-x", "--max-problems", type=int, default=None, help="Max problems to evaluate")
+    parser.add_argument("--device-type", type=str, default="", choices=["cuda", "cpu", "mps", ""],
+                        help="Device type for evaluation: cuda|cpu|mps. empty => autodetect")
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
+    task_names = parse_task_names(args.task_name)  # fail before loading the model
+    if args.source not in ("sft", "mid", "rl"):
+        raise SystemExit(f"--source must be one of sft|mid|rl, got {args.source!r}")
+
+    from nanochat.checkpoint_manager import load_model
+    from nanochat.engine import Engine
+
+    device_type = autodetect_device_type() if args.device_type == "" else args.device_type
+    ddp, rank, local_rank, world_size, device = compute_init(device_type)
+    ptdtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
+    autocast_ctx = torch.amp.autocast(device_type="cuda", dtype=ptdtype) if device_type == "cuda" else nullcontext()
+
+    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
+    engine = Engine(model, tokenizer)
+
+    results = {}
+    for task_name in task_names:
+        with autocast_ctx:
+            acc = run_chat_eval(task_name, model, tokenizer, engine, batch_size=args.batch_size,
+                                num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, top_k=args.top_k, max_problems=args.max_problems)
+        results[task_name] = acc
+        print0(f"{task_name} accuracy: {100 * acc:.2f}%")
+
+    chatcore_metric = chatcore(results)
+    if chatcore_metric is not None:
+        print0(f"ChatCORE metric: {chatcore_metric:.4f}")
+    from nanochat.report import get_report
+    chatcore_entry = {"ChatCORE metric": chatcore_metric} if chatcore_metric is not None else None
+    get_report().log(section="Chat evaluation " + args.source, data=[vars(args), results, chatcore_entry])
+    compute_cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""HumanEval: write a Python function from its docstring; judged by running the unit tests in a sandbox."""
+
+import re
+
+from nanochat.execution import execute_code
+from tasks.common import Task, require_fields
+from tasks.sources import load_task_dataset
+
+FENCE_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
+
+
+def extract_imports(prompt):
+    """The import lines at the top of the prompt (blank and comment lines skipped)."""
+    imports = []
+    for line in prompt.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith("import ") or stripped.startswith("from "):
+            imports.append(stripped)
+        elif stripped and not stripped.startswith("#"):
+            break
+    return "\n".join(imports)
+
+
+def extract_program(completion):
+    """The first fenced code block if there is one, else the whole completion."""
+    match = FENCE_RE.search(completion)
+    return (match.group(1) if match else completion).strip()
+
+
+class HumanEval(Task):
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ds = load_task_dataset("openai/openai_humaneval", None, "test")
+
+    @property
+    def eval_type(self):
+        return "generative"
+
+    def num_examples(self):
+        return len(self.ds)
+
+    def get_example(self, index):
+        row = self.ds[index]
+        require_fields(row, ("prompt", "canonical_solution", "entry_point", "test"), f"HumanEval row {index}")
+        messages = [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": f"{row['prompt']}\n{row['canonical_solution']}"},
+        ]
+        return {"messages": messages, "entry_point": row["entry_point"], "test": row["test"]}
+
+    def evaluate(self, conversation, completion):
+        imports = extract_imports(conversation["messages"][0]["content"])
+        program = (imports + "\n\n" + extract_program(completion) + "\n\n"
+                   + conversation["test"] + "\n" + f"check({conversation['entry_point']})")
+        return execute_code(program).success

@@ -1,0 +1,191 @@
+"""
+Synthetic spelling tasks built from an English word list:
+- SpellingBee: "how many <letter> are in <word>?", answered by spelling the word out, counting,
+  and double-checking with the Python tool; scored on the final '#### <count>'.
+- SimpleSpelling: "Spell the word: <word>" -> "<word>:w,o,r,d" (teaches the word/letters mapping).
+"""
+
+import random
+
+from nanochat.common import data_pack_path, download_file_with_lock
+from tasks.common import Task
+from tasks.gsm8k import extract_answer
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+WORD_LIST_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
+
+USER_MSG_TEMPLATES = [
+    "How many {letter} are in the word {word}",
+    "How many {letter} are in {word}",
+    "How many times does the letter {letter} appear in {word}",
+    "How many times does {letter} appear in the word {word}",
+    "Count the number of {letter} in {word}",
+    "Count how many {letter} are in the word {word}",
+    "How many {letter}s are there in {word}",
+    "How many {letter}s does {word} have",
+    "How many letter {letter} does the word {word} contain",
+    "In the word {word}, how many {letter} are there",
+    "What is the count of {letter} in {word}",
+    "Tell me how many {letter} there are in {word}",
+    "How often does {letter} occur in {word}",
+    "Number of {letter} in {word}",
+    "Can you count the {letter} in {word}",
+    "Please count the letter {letter} in the word {word}",
+    "How many occurrences of {letter} are in {word}",
+    "Find the number of times {letter} shows up in {word}",
+    "If you spell {word}, how many {letter} do you write",
+    "Does {word} contain the letter {letter}, and how many times",
+    "I need the number of {letter} characters in {word}",
+    "Quick question: how many {letter} in {word}",
+    "What's the number of {letter} in the word {word}",
+    "Spell out {word} and count the {letter}",
+    "How many {letter} can you find in {word}",
+    "Give me the count of the letter {letter} in {word}",
+    "Letter {letter}: how many in {word}",
+    "Check how many times {letter} appears in {word}",
+    "Count every {letter} in the word {word}",
+    "How many copies of the letter {letter} are in {word}",
+    "Within {word}, how many {letter} appear",
+    "What number of {letter} does {word} contain",
+    # Spanish
+    "¿Cuántas {letter} hay en la palabra {word}",
+    "¿Cuántas veces aparece la letra {letter} en {word}",
+    "Cuenta las {letter} en {word}",
+    # French
+    "Combien de {letter} y a-t-il dans le mot {word}",
+    "Combien de fois la lettre {letter} apparaît-elle dans {word}",
+    # German
+    "Wie viele {letter} sind im Wort {word}",
+    "Wie oft kommt der Buchstabe {letter} in {word} vor",
+    # Chinese
+    "单词{word}中有几个{letter}",
+    "{word}这个词里有多少个字母{letter}",
+    # Korean
+    "{word}에 {letter}가 몇 개 있나요",
+    "단어 {word}에서 {letter}는 몇 번 나오나요",
+    # Japanese
+    "{word}という単語に{letter}はいくつありますか",
+    "{word}の中に{letter}は何個ありますか",
+    # Italian / Portuguese
+    "Quante {letter} ci sono nella parola {word}",
+    "Quantas letras {letter} existem na palavra {word}",
+]
+
+_WORDS = None
+
+
+def load_words():
+    """The word list (one lower-case word per line), fetched once into the base dir."""
+    global _WORDS
+    if _WORDS is None:
+        path = download_file_with_lock(
+            WORD_LIST_URL, "words_alpha.txt", local_copy=data_pack_path("words_alpha.txt"),
+            offline_hint="Download words_alpha.txt from dwyl/english-words into the nanochat base dir, "
+                         "or set NANOCHAT_DATA_PACK to a data pack that has words_alpha.txt.")
+        with open(path, encoding="utf-8") as f:
+            _WORDS = [line.strip() for line in f if line.strip()]
+    return _WORDS
+
+
+def spelled_answer(word, letter):
+    """The assistant's reply as conversation parts: spell, count by hand, verify with Python."""
+    count = word.count(letter)
+    lines = [f"We are asked to find the number '{letter}' in the word '{word}'. Let me try a manual approach first.",
+             "", "First spell the word out:", f"{word}:{','.join(word)}", "",
+             f"Then count the occurrences of '{letter}':"]
+    running = 0
+    for i, char in enumerate(word, start=1):
+        line = f"{i}:{char}"
+        if char == letter:
+            running += 1
+            line += f" hit! count={running}"
+        lines.append(line)
+    lines += ["", f"This gives us {running}."]
+    return [
+        {"type": "text", "text": "\n".join(lines)},
+        {"type": "text", "text": "\n\nLet me double check this using Python:\n\n"},
+        {"type": "python", "text": f"'{word}'.count('{letter}')"},
+        {"type": "python_output", "text": str(count)},
+        {"type": "text", "text": f"\n\nPython gives us {count}.\n\nMy final answer is:\n\n#### {count}"},
+    ]
+
+
+class SpellingBee(Task):
+
+    def __init__(self, size=1000, split="train", **kwargs):
+        super().__init__(**kwargs)
+        assert split in ("train", "test"), f"SpellingBee split must be train|test, got {split!r}"
+        self.size, self.split = size, split
+        self.words = load_words()
+
+    @property
+    def eval_type(self):
+        return "generative"
+
+    def num_examples(self):
+        return self.size
+
+    def get_example(self, index):
+        # train and test draw from disjoint seeds
+        rng = random.Random(index if self.split == "train" else -(index + 1))
+        word = rng.choice(self.words)
+        letter = rng.choice(word) if rng.random() < 0.9 else rng.choice(LETTERS)
+        template = rng.choice(USER_MSG_TEMPLATES)
+        if rng.random() < 0.3:
+            template = template.lower()
+        letter_quote = rng.choice(["", "'", '"'])
+        word_quote = rng.choice(["", "'", '"'])
+        user_msg = template.format(letter=f"{letter_quote}{letter}{letter_quote}", word=f"{word_quote}{word}{word_quote}")
+        if rng.random() < 0.5:
+            user_msg += "?"
+        messages = [{"role": "user", "content": user_msg}, {"role": "assistant", "content": spelled_answer(word, letter)}]
+        return {"messages": messages}
+
+    def evaluate(self, conversation, assistant_response):
+        assert isinstance(assistant_response, str), "SpellingBee evaluates a string completion"
+        reference = extract_answer(conversation["messages"][-1]["content"][-1]["text"])
+        predicted = extract_answer(assistant_response)
+        return int(predicted is not None and predicted == reference)
+
+    def reward(self, conversation, assistant_response):
+        return float(self.evaluate(conversation, assistant_response))
+
+
+class SimpleSpelling(Task):
+
+    def __init__(self, size=1000, split="train", **kwargs):
+        super().__init__(**kwargs)
+        assert split in ("train", "test"), f"SimpleSpelling split must be train|test, got {split!r}"
+        self.size, self.split = size, split
+        self.words = list(load_words())
+        random.Random(42).shuffle(self.words)
+
+    @property
+    def eval_type(self):
+        return "generative"
+
+    def num_examples(self):
+        return self.size
+
+    def get_example(self, index):
+        rng = random.Random(index if self.split == "train" else -(index + 1))
+        word = rng.choice(self.words)
+        return {"messages": [{"role": "user", "content": f"Spell the word: {word}"},
+                             {"role": "assistant", "content": f"{word}:{','.join(word)}"}]}
+
+
+if __name__ == "__main__":
+    task = SpellingBee()
+    for i in range(10):
+        conversation = task[i]
+        print(conversation["messages"][0]["content"])
+        rendered = ""
+        for part in conversation["messages"][1]["content"]:
+            if part["type"] == "python":
+                rendered += f"<<{part['text']}="
+            elif part["type"] == "python_output":
+                rendered += f"{part['text']}>>"
+            else:
+                rendered += part["text"]
+        print(rendered)
+        print("-" * 80)
