@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# Shared helpers for the runbooks (speedrun.sh, run1000.sh, dev/runcpu.sh). Source it; don't run it.
+#
+# Every stage goes through `run_stage NAME command...`, which
+#   - tees the command's output to $NANOCHAT_BASE_DIR/logs/NAME.log,
+#   - stops the runbook with the stage name and the log path when the command fails,
+#   - only prints the command when NANOCHAT_DRY_RUN=1 (nothing runs, nothing is installed),
+#   - skips the stage when NAME is listed in NANOCHAT_SKIP (comma or space separated),
+#     which is how a run that died half-way is resumed (see docs/runbooks.md).
+
+NC_TAG="[nanochat]"
+
+nc_dry_run() {
+    [ "${NANOCHAT_DRY_RUN:-0}" = "1" ]
+}
+
+nc_log_dir() {
+    echo "$NANOCHAT_BASE_DIR/logs"
+}
+
+# Print a command the way a shell would read it back (arguments quoted only where needed).
+nc_print_command() {
+    local out="" arg
+    for arg in "$@"; do
+        if [[ "$arg" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+            out+="$arg "
+        else
+            out+="$(printf '%q' "$arg") "
+        fi
+    done
+    echo "${out% }"
+}
+
+nc_note() {
+    if nc_dry_run; then
+        echo "# $*"
+    else
+        echo "$NC_TAG $*"
+    fi
+}
+
+nc_skipped() {
+    local name="$1" item
+    local list="${NANOCHAT_SKIP:-}"
+    for item in ${list//,/ }; do
+        if [ "$item" = "$name" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+nc_fail() {
+    local name="$1" status="$2"
+    echo "$NC_TAG stage '$name' failed with exit code $status" >&2
+    echo "$NC_TAG log: $(nc_log_dir)/$name.log" >&2
+    echo "$NC_TAG fix the cause, then re-run; NANOCHAT_SKIP=<stage,...> skips stages that already finished" >&2
+    exit "$status"
+}
+
+# Create the base and log folders and say where things go.
+nc_init() {
+    : "${NANOCHAT_BASE_DIR:?set NANOCHAT_BASE_DIR before sourcing the runbook helpers}"
+    if nc_dry_run; then
+        echo "# dry run: NANOCHAT_BASE_DIR=$NANOCHAT_BASE_DIR (nothing is executed)"
+        return 0
+    fi
+    mkdir -p "$NANOCHAT_BASE_DIR" "$(nc_log_dir)"
+    export PYTHONUNBUFFERED=1  # stage output reaches the logs as it happens
+    echo "$NC_TAG base dir: $NANOCHAT_BASE_DIR  logs: $(nc_log_dir)"
+}
+
+# nc_tee LOG command... : run the command with its output on the terminal and in LOG; sets
+# NC_STATUS to the command's own exit status (not tee's), whatever the caller's errexit/pipefail.
+nc_tee() {
+    local log="$1"
+    shift
+    local errexit=0
+    case $- in *e*) errexit=1 ;; esac
+    set +e
+    "$@" 2>&1 | tee "$log"
+    NC_STATUS=${PIPESTATUS[0]}
+    if [ "$errexit" = "1" ]; then
+        set -e
+    fi
+}
+
+# run_stage NAME command... : run one pipeline stage (see the top of this file).
+run_stage() {
+    local name="$1"
+    shift
+    if nc_skipped "$name"; then
+        nc_note "skipping stage '$name' (listed in NANOCHAT_SKIP)"
+        return 0
+    fi
+    if nc_dry_run; then
+        nc_print_command "$@"
+        return 0
+    fi
+    local log
+    log="$(nc_log_dir)/$name.log"
+    mkdir -p "$(nc_log_dir)"
+    echo "$NC_TAG ==> $name: $(nc_print_command "$@")"
+    local start=$SECONDS status
+    nc_tee "$log" "$@"
+    status=$NC_STATUS
+    if [ "$status" -ne 0 ]; then
+        nc_fail "$name" "$status"
+    fi
+    echo "$NC_TAG <== $name finished in $((SECONDS - start))s (log: $log)"
+}
+
+# run_optional_stage NAME command... : like run_stage, but a failure only warns.
+run_optional_stage() {
+    local name="$1"
+    shift
+    if nc_skipped "$name" || nc_dry_run; then
+        run_stage "$name" "$@"
+        return 0
+    fi
+    local log status
+    log="$(nc_log_dir)/$name.log"
+    mkdir -p "$(nc_log_dir)"
+    echo "$NC_TAG ==> $name (optional): $(nc_print_command "$@")"
+    nc_tee "$log" "$@"
+    status=$NC_STATUS
+    if [ "$status" -ne 0 ]; then
+        echo "$NC_TAG warning: optional stage '$name' failed with exit code $status; continuing (log: $log)" >&2
+        return 1
+    fi
+    echo "$NC_TAG <== $name finished (log: $log)"
+}
+
+# start_background NAME command... : run a stage in the background (output only in its log).
+start_background() {
+    local name="$1"
+    shift
+    if nc_skipped "$name"; then
+        nc_note "skipping stage '$name' (listed in NANOCHAT_SKIP)"
+        return 0
+    fi
+    if nc_dry_run; then
+        echo "$(nc_print_command "$@") &"
+        return 0
+    fi
+    mkdir -p "$(nc_log_dir)"
+    echo "$NC_TAG ==> $name (background): $(nc_print_command "$@")"
+    "$@" > "$(nc_log_dir)/$name.log" 2>&1 &
+    printf -v "NC_BG_PID_$name" '%s' "$!"
+}
+
+# wait_background NAME : wait for a background stage and stop the runbook if it failed.
+wait_background() {
+    local name="$1"
+    local var="NC_BG_PID_$name"
+    if nc_dry_run; then
+        nc_skipped "$name" || echo "wait"
+        return 0
+    fi
+    local pid="${!var:-}"
+    if [ -z "$pid" ]; then
+        return 0
+    fi
+    echo "$NC_TAG waiting for background stage '$name' (pid $pid)"
+    local status=0
+    wait "$pid" || status=$?
+    if [ "$status" -ne 0 ]; then
+        nc_fail "$name" "$status"
+    fi
+    echo "$NC_TAG background stage '$name' finished (log: $(nc_log_dir)/$name.log)"
+}
+
+# Install the Rust toolchain when it is missing (the tokenizer extension is compiled from source).
+nc_ensure_rust() {
+    if command -v cargo >/dev/null 2>&1 || [ -f "$HOME/.cargo/env" ]; then
+        return 0
+    fi
+    if nc_dry_run; then
+        echo "curl --proto =https --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y"
+        return 0
+    fi
+    echo "$NC_TAG installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y || nc_fail rust_install $?
+}
+
+# nc_setup_env cpu|gpu : create/sync .venv (builds rustbpe) and activate it.
+# NANOCHAT_SKIP_SETUP=1 uses the python already on PATH instead (e.g. an activated .venv).
+nc_setup_env() {
+    local extra="$1"
+    if [ "${NANOCHAT_SKIP_SETUP:-0}" = "1" ]; then
+        nc_note "NANOCHAT_SKIP_SETUP=1: using $(command -v python || echo 'python (not found)') as is"
+        return 0
+    fi
+    if nc_dry_run; then
+        echo "source dev/setup_env.sh $extra"
+        return 0
+    fi
+    if [ -f "$HOME/.cargo/env" ]; then
+        # shellcheck disable=SC1091
+        . "$HOME/.cargo/env"
+    fi
+    local status=0
+    set +u  # activation scripts read variables that may be unset
+    # shellcheck source=dev/setup_env.sh
+    source dev/setup_env.sh "$extra" || status=$?
+    set -u
+    if [ "$status" -ne 0 ]; then
+        echo "$NC_TAG environment setup failed (dev/setup_env.sh $extra, exit $status)" >&2
+        exit "$status"
+    fi
+}
+
+# Train the tokenizer unless one exists already (FORCE=1 retrains). Arguments go to tok_train.
+nc_train_tokenizer() {
+    local tokenizer="$NANOCHAT_BASE_DIR/tokenizer/tokenizer.pkl"
+    if [ -f "$tokenizer" ] && [ "${FORCE:-0}" != "1" ]; then
+        nc_note "tokenizer exists at $tokenizer: skipping tok_train (FORCE=1 retrains it)"
+        return 0
+    fi
+    run_stage tok_train python -m scripts.tok_train "$@"
+}
+
+# Put the identity conversations in place: keep an existing file, build them offline from a data
+# pack, or download them. They only flavour mid/SFT training, so a failure warns and goes on.
+nc_identity_conversations() {
+    local url="https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
+    local dest="$NANOCHAT_BASE_DIR/identity_conversations.jsonl"
+    if [ -s "$dest" ]; then
+        nc_note "identity conversations already at $dest"
+        return 0
+    fi
+    if [ -n "${NANOCHAT_DATA_PACK:-}" ]; then
+        run_optional_stage identity python -m dev.gen_synthetic_data --offline \
+            || echo "$NC_TAG continuing without identity conversations (CustomJSON contributes 0 rows)" >&2
+        return 0
+    fi
+    if ! run_optional_stage identity curl -L --fail -o "$dest" "$url"; then
+        rm -f "$dest"
+        echo "$NC_TAG continuing without identity conversations; to include them, put the file at $dest" >&2
+    fi
+}

@@ -1,0 +1,497 @@
+"""
+The run report card.
+
+Every stage of a run writes one markdown section into `<base>/report/`; `reset` starts a run
+(it writes `header.md` with the environment and the code size) and `generate` stitches
+`report.md` from the header, the sections in pipeline order, a summary table of the headline
+metrics, and PNG plots of the training curves.
+
+Usage from a stage script:
+
+    from nanochat.report import get_report
+    report = get_report()                       # a real Report on rank 0, a no-op on other ranks
+    report.log(section="Base model training", data=[user_config, {"Minimum validation bpb": 0.81}])
+
+Training curves: a stage records points as it goes, and `generate` draws them.
+
+    report.log_metrics("Base model training", step, train_loss=2.91)   # any numeric keywords
+    report.log_metrics("Base model training", step, val_bpb=0.95)      # sparse keys are fine
+    report.log_metrics("Base model training", step, core_metric=0.12)
+
+Each call appends one JSON line `{"step": step, ...}` to `<base>/report/metrics/<slug>.jsonl`
+(the slug of the section name, e.g. `base-model-training`). Conventional keys are `train_loss`,
+`val_bpb`, `core_metric`, `val_loss`, `lrm`, `reward`; any other numeric key gets its own panel.
+A resumed run may log a step twice: the later point wins.
+
+CLI: `python -m nanochat.report [generate|reset]`.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# -----------------------------------------------------------------------------
+# Environment probes
+
+
+def run_command(cmd, cwd=None):
+    """Run a shell command (5 s limit); its stripped stdout when it exits 0, else None."""
+    try:
+        result = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=5, cwd=cwd)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip()
+
+
+def get_git_info(cwd=REPO_ROOT):
+    """Commit, branch, dirty flag and the first line of the last commit message of the repo."""
+    commit = run_command("git rev-parse --short HEAD", cwd=cwd) or "unknown"
+    branch = run_command("git rev-parse --abbrev-ref HEAD", cwd=cwd) or "unknown"
+    status = run_command("git status --porcelain", cwd=cwd)
+    message = run_command("git log -1 --pretty=%B", cwd=cwd)
+    message = message.split("\n")[0][:80] if message else ""
+    return {"commit": commit, "branch": branch, "dirty": bool(status), "message": message}
+
+
+def get_gpu_info():
+    """CUDA devices with their names and memory in GiB, or {"available": False}."""
+    import torch
+    if not torch.cuda.is_available():
+        return {"available": False}
+    count = torch.cuda.device_count()
+    names, memory_gb = [], []
+    for i in range(count):
+        props = torch.cuda.get_device_properties(i)
+        names.append(props.name)
+        memory_gb.append(props.total_memory / 1024**3)
+    return {"available": True, "count": count, "names": names, "memory_gb": memory_gb,
+            "cuda_version": torch.version.cuda or "unknown"}
+
+
+def get_system_info():
+    import psutil
+    import torch
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.system(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        # psutil answers None for physical cores on some virtual machines
+        "cpu_count": psutil.cpu_count(logical=False) or psutil.cpu_count(logical=True),
+        "cpu_count_logical": psutil.cpu_count(logical=True),
+        "memory_gb": psutil.virtual_memory().total / 1024**3,
+        "user": os.environ.get("USER", "unknown"),
+        "nanochat_base_dir": os.environ.get("NANOCHAT_BASE_DIR", "out"),
+        "working_dir": os.getcwd(),
+    }
+
+
+GPU_HOURLY_RATES = [("H100", 3.00), ("A100", 1.79), ("V100", 0.55)]
+DEFAULT_GPU_HOURLY_RATE = 2.00
+
+
+def estimate_cost(gpu_info, runtime_hours=None):
+    """Rough on-demand cloud price of the GPUs: None without GPUs."""
+    if not gpu_info.get("available"):
+        return None
+    gpu_type = gpu_info["names"][0] if gpu_info.get("names") else "unknown"
+    rate = next((r for key, r in GPU_HOURLY_RATES if key in gpu_type), DEFAULT_GPU_HOURLY_RATE)
+    hourly_rate = rate * gpu_info.get("count", 1)
+    return {"hourly_rate": hourly_rate, "gpu_type": gpu_type,
+            "estimated_total": hourly_rate * runtime_hours if runtime_hours is not None else None}
+
+
+# -----------------------------------------------------------------------------
+# Code size ("bloat")
+
+BLOAT_EXTENSIONS = ("py", "md", "rs", "html", "toml", "sh")
+FILES_TO_PROMPT = ("files-to-prompt . -e py -e md -e rs -e html -e toml -e sh "
+                   "--ignore \"*target*\" --cxml")
+
+
+def _repo_source_files(root):
+    """Relative paths of the repo's source files: git's view when available, else a filtered walk."""
+    listed = run_command("git ls-files --cached --others --exclude-standard", cwd=root)
+    if listed is not None:
+        paths = [p for p in listed.split("\n") if p]
+    else:
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    paths.append(os.path.relpath(os.path.join(dirpath, name), root))
+    keep = []
+    for path in sorted(paths):
+        parts = path.split(os.sep) if os.sep in path else path.split("/")
+        if any(part.startswith(".") or "target" in part for part in parts):
+            continue
+        if path.rsplit(".", 1)[-1] in BLOAT_EXTENSIONS and os.path.isfile(os.path.join(root, path)):
+            keep.append(path)
+    return keep
+
+
+def _cxml_dump(root):
+    """The same Claude-XML document files-to-prompt writes, built without it."""
+    chunks = ["<documents>"]
+    for index, path in enumerate(_repo_source_files(root), start=1):
+        with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
+            content = f.read()
+        chunks += [f'<document index="{index}">', f"<source>{path}</source>", "<document_content>",
+                   content, "</document_content>", "</document>"]
+    chunks.append("</documents>")
+    return "\n".join(chunks)
+
+
+def get_bloat_info(root=REPO_ROOT):
+    """Characters, lines, files and approximate tokens of the source, plus uv.lock lines."""
+    packed = run_command(FILES_TO_PROMPT, cwd=root)
+    if not packed:  # files-to-prompt missing or failed: count the files ourselves
+        packed = _cxml_dump(root)
+    lines = packed.split("\n")
+    uv_lock = os.path.join(root, "uv.lock")
+    dependencies = 0
+    if os.path.exists(uv_lock):
+        with open(uv_lock, encoding="utf-8") as f:
+            dependencies = len(f.read().splitlines())
+    return {"chars": len(packed), "lines": len(lines),
+            "files": sum(1 for line in lines if line.startswith("<source>")),
+            "tokens": len(packed) // 4, "dependencies": dependencies}
+
+
+# -----------------------------------------------------------------------------
+# Header
+
+
+def now():
+    return datetime.datetime.now().strftime(TIME_FORMAT)
+
+
+def generate_header():
+    """The markdown environment header that `reset` writes to header.md (layout is fixed)."""
+    git = get_git_info()
+    gpu = get_gpu_info()
+    system = get_system_info()
+    cost = estimate_cost(gpu)
+    bloat = get_bloat_info()
+
+    out = [
+        "# nanochat training report", "",
+        f"Generated: {now()}", "",
+        "## Environment", "",
+        "### Git Information",
+        f"- Branch: {git['branch']}",
+        f"- Commit: {git['commit']} {'(dirty)' if git['dirty'] else '(clean)'}",
+        f"- Message: {git['message']}", "",
+        "### Hardware",
+        f"- Platform: {system['platform']}",
+        f"- CPUs: {system['cpu_count']} cores ({system['cpu_count_logical']} logical)",
+        f"- Memory: {system['memory_gb']:.1f} GB",
+    ]
+    if gpu.get("available"):
+        names = ", ".join(dict.fromkeys(gpu["names"]))  # distinct names, first-seen order
+        out += [f"- GPUs: {gpu['count']}x {names}",
+                f"- GPU Memory: {sum(gpu['memory_gb']):.1f} GB total",
+                f"- CUDA Version: {gpu['cuda_version']}"]
+    else:
+        out.append("- GPUs: None available")
+    if cost and cost["hourly_rate"] > 0:
+        out.append(f"- Hourly Rate: ${cost['hourly_rate']:.2f}/hour")
+    out += [
+        "",
+        "### Software",
+        f"- Python: {system['python_version']}",
+        f"- PyTorch: {system['torch_version']}",
+        "", "",
+        "### Bloat",
+        f"- Characters: {bloat['chars']:,}",
+        f"- Lines: {bloat['lines']:,}",
+        f"- Files: {bloat['files']:,}",
+        f"- Tokens (approx): {bloat['tokens']:,}",
+        f"- Dependencies (uv.lock lines): {bloat['dependencies']:,}",
+        "", "",
+    ]
+    return "\n".join(out)
+
+
+# -----------------------------------------------------------------------------
+# Sections and the summary
+
+
+def slugify(text):
+    return text.lower().replace(" ", "-")
+
+
+EXPECTED_FILES = [
+    "tokenizer-training.md",
+    "tokenizer-evaluation.md",
+    "base-model-training.md",
+    "base-model-loss.md",
+    "base-model-evaluation.md",
+    "midtraining.md",
+    "chat-evaluation-mid.md",
+    "chat-sft.md",
+    "chat-evaluation-sft.md",
+    "chat-rl.md",
+    "chat-evaluation-rl.md",
+]
+
+chat_metrics = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE"]
+
+SUMMARY_STAGES = ["base", "mid", "sft", "rl"]
+
+
+def extract(section, keys):
+    """{key: value} from the `- key...: value` lines of a section; later lines win."""
+    if isinstance(keys, str):
+        keys = [keys]
+    found = {}
+    for line in section.split("\n"):
+        for key in keys:
+            if key in line and ":" in line:
+                found[key] = line.split(":", 1)[1].strip()
+    return found
+
+
+def extract_timestamp(content, prefix):
+    """The time on the first line starting with `prefix`, or None."""
+    for line in content.split("\n"):
+        if line.startswith(prefix):
+            try:
+                return datetime.datetime.strptime(line.split(":", 1)[1].strip(), TIME_FORMAT)
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def format_value(value):
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10000:
+        return f"{value:,}"
+    return str(value)
+
+
+def summary_table(final_metrics):
+    """The fixed-width Metric | BASE | MID | SFT | RL table (CORE first, ChatCORE last)."""
+    names = set()
+    for stage_metrics in final_metrics.values():
+        names.update(stage_metrics)
+    names = sorted(names, key=lambda name: (name != "CORE", name == "ChatCORE", name))
+    metric_width, value_width = 15, 8
+    lines = ["| " + "Metric".ljust(metric_width) + " |"
+             + "".join(f" {stage.upper().ljust(value_width)} |" for stage in SUMMARY_STAGES),
+             "|" + "-" * (metric_width + 2) + "|" + "".join("-" * (value_width + 2) + "|" for _ in SUMMARY_STAGES)]
+    for name in names:
+        cells = "".join(f" {str(final_metrics.get(stage, {}).get(name, '-')).ljust(value_width)} |"
+                        for stage in SUMMARY_STAGES)
+        lines.append("| " + name.ljust(metric_width) + " |" + cells)
+    return "\n".join(lines) + "\n"
+
+
+def format_duration(start_time, end_time):
+    if start_time is None or end_time is None:
+        return "unknown"
+    minutes_total = int((end_time - start_time).total_seconds() // 60)
+    return f"{minutes_total // 60}h{minutes_total % 60}m"
+
+
+class Report:
+    """Markdown sections and metric curves of one run, kept in `report_dir`."""
+
+    def __init__(self, report_dir):
+        os.makedirs(report_dir, exist_ok=True)
+        self.report_dir = report_dir
+        self.metrics_dir = os.path.join(report_dir, "metrics")
+        self.plots_dir = os.path.join(report_dir, "plots")
+
+    def log(self, section, data):
+        """(Over)write this stage's section; data items are strings (verbatim) or dicts (`- k: v`)."""
+        path = os.path.join(self.report_dir, f"{slugify(section)}.md")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"## {section}\n")
+            f.write(f"timestamp: {now()}\n\n")
+            for item in data:
+                if not item:
+                    continue
+                if isinstance(item, str):
+                    f.write(item)
+                else:
+                    for key, value in item.items():
+                        f.write(f"- {key}: {format_value(value)}\n")
+            f.write("\n")
+        return path
+
+    def log_metrics(self, stage, step, **values):
+        """Append one point of the stage's training curves (see the module docstring)."""
+        if not values:
+            return None
+        record = {"step": int(step)}
+        for key, value in values.items():
+            value = value.item() if hasattr(value, "item") else value
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"log_metrics({key}=...) needs a number, got {type(value).__name__}")
+            record[key] = value
+        os.makedirs(self.metrics_dir, exist_ok=True)
+        path = os.path.join(self.metrics_dir, f"{slugify(stage)}.jsonl")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        return path
+
+    def _make_plots(self):
+        """{section slug: plot path relative to the report dir} for every stage with metrics."""
+        if not os.path.isdir(self.metrics_dir):
+            return {}
+        try:
+            from nanochat.report_plots import plot_all_stages
+        except ImportError as e:
+            print(f"Warning: cannot draw training curves ({e}); install matplotlib for plots")
+            return {}
+        return plot_all_stages(self.metrics_dir, self.plots_dir, relative_to=self.report_dir)
+
+    def generate(self):
+        """Write report.md (header, sections, plots, summary) and copy it into the working directory."""
+        report_file = os.path.join(self.report_dir, "report.md")
+        print(f"Generating report to {report_file}")
+        plots = self._make_plots()
+        with open(report_file, "w", encoding="utf-8") as out:
+            start_time, bloat_data = self._write_header(out)
+            final_metrics, end_time = self._write_sections(out, plots)
+            if plots:  # curves of stages whose section never got written (e.g. a crashed run)
+                out.write("## Training curves\n\n")
+                for slug, rel_path in plots.items():
+                    out.write(f"![{slug} curves]({rel_path})\n\n")
+            out.write("## Summary\n\n")
+            out.write(bloat_data)
+            out.write("\n\n")
+            out.write(summary_table(final_metrics))
+            out.write("\n")
+            out.write(f"Total wall clock time: {format_duration(start_time, end_time)}\n")
+        print("Copying report.md to the current directory for convenience")
+        self._copy_to_cwd(report_file)
+        return report_file
+
+    def _write_header(self, out):
+        """Copy header.md into the report; returns (run start time, bloat block)."""
+        header_file = os.path.join(self.report_dir, "header.md")
+        if not os.path.exists(header_file):
+            print(f"Warning: {header_file} does not exist; did you run `python -m nanochat.report reset`?")
+            return None, "[bloat data missing]"
+        with open(header_file, encoding="utf-8") as f:
+            header = f.read()
+        out.write(header)
+        bloat = re.search(r"### Bloat\n(.*?)\n\n", header, re.DOTALL)
+        return extract_timestamp(header, "Run started:"), bloat.group(1) if bloat else ""
+
+    def _write_sections(self, out, plots):
+        """Copy the present sections in pipeline order, each followed by its plot (popped from `plots`);
+        returns ({stage: headline metrics}, time of the last non-RL section)."""
+        final_metrics, end_time = {}, None
+        for file_name in EXPECTED_FILES:
+            section_file = os.path.join(self.report_dir, file_name)
+            if not os.path.exists(section_file):
+                print(f"Warning: {section_file} does not exist, skipping")
+                continue
+            with open(section_file, encoding="utf-8") as f:
+                section = f.read()
+            if "rl" not in file_name:  # RL is optional and comes last; it does not end the clock
+                end_time = extract_timestamp(section, "timestamp:") or end_time
+            stage_metrics = self._section_metrics(file_name, section)
+            if stage_metrics is not None:
+                final_metrics[stage_metrics[0]] = stage_metrics[1]
+            out.write(section)
+            slug = file_name[:-len(".md")]
+            if slug in plots:
+                out.write(f"![{slug} curves]({plots.pop(slug)})\n\n")
+            out.write("\n")
+        return final_metrics, end_time
+
+    def _copy_to_cwd(self, report_file):
+        """./report.md, with plot links made absolute so they still resolve from there."""
+        if os.path.abspath("report.md") == os.path.abspath(report_file):
+            return
+        with open(report_file, encoding="utf-8") as f:
+            content = f.read()
+        plots_prefix = os.path.abspath(self.plots_dir) + os.sep
+        content = content.replace("](plots/", "](" + plots_prefix)
+        with open("report.md", "w", encoding="utf-8") as f:
+            f.write(content)
+
+    @staticmethod
+    def _section_metrics(file_name, section):
+        if file_name == "base-model-evaluation.md":
+            return "base", extract(section, "CORE")
+        if file_name == "chat-evaluation-mid.md":
+            return "mid", extract(section, chat_metrics)
+        if file_name == "chat-evaluation-sft.md":
+            return "sft", extract(section, chat_metrics)
+        if file_name == "chat-evaluation-rl.md":
+            return "rl", extract(section, "GSM8K")
+        return None
+
+    def reset(self):
+        """Start a new run: drop old sections, metrics and plots; write a fresh header."""
+        for file_name in EXPECTED_FILES + ["report.md"]:
+            path = os.path.join(self.report_dir, file_name)
+            if os.path.exists(path):
+                os.remove(path)
+        for folder in (self.metrics_dir, self.plots_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+        header_file = os.path.join(self.report_dir, "header.md")
+        with open(header_file, "w", encoding="utf-8") as f:
+            f.write(generate_header())
+            f.write(f"Run started: {now()}\n\n---\n\n")
+        print(f"Reset report and wrote header to {header_file}")
+        return header_file
+
+
+class DummyReport:
+    """What ranks other than 0 get: every call is a no-op."""
+
+    def log(self, *args, **kwargs):
+        pass
+
+    def log_metrics(self, *args, **kwargs):
+        pass
+
+    def reset(self, *args, **kwargs):
+        pass
+
+    def generate(self, *args, **kwargs):
+        pass
+
+
+def get_report():
+    """The run's Report on rank 0 (in `<base>/report`), a DummyReport elsewhere."""
+    from nanochat.common import get_base_dir, get_dist_info
+    _, rank, _, _ = get_dist_info()
+    if rank == 0:
+        return Report(os.path.join(get_base_dir(), "report"))
+    return DummyReport()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Generate or reset the nanochat training report.")
+    parser.add_argument("command", nargs="?", default="generate", choices=["generate", "reset"],
+                        help="generate: write report.md; reset: start a new run (default: generate)")
+    args = parser.parse_args(argv)
+    report = get_report()
+    if args.command == "generate":
+        report.generate()
+    else:
+        report.reset()
+
+
+if __name__ == "__main__":
+    main()
