@@ -186,7 +186,7 @@ class GPT(nn.Module):
         if device is None:
             device = self.transformer.wte.weight.device
         if device.type == "meta":
-            device = None
+            device = torch.device("cpu")  # meta-tensor arithmetic is slow to warm up; init_weights rebuilds these
         channel_range = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
         inv_freq = 1.0 / (base ** (channel_range / head_dim))
         t = torch.arange(seq_len, dtype=torch.float32, device=device)
