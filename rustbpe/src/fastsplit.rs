@@ -13,7 +13,7 @@
 //! number, whitespace or "other", and each has an alternative that accepts it),
 //! so the chunks tile the text.
 
-use crate::charclass::{CLASSES, Class, ClassTable, FOLD_LETTERS};
+use crate::charclass::{CLASSES, Class, ClassTable};
 
 const PREFIX: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,";
 const SUFFIX: &str = r"}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
@@ -90,20 +90,22 @@ impl FastSplitter {
         let k = pattern.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
         // One digit keeps the bound within what the regex engines accept (`{1,0}` is invalid).
         match k.as_bytes() {
-            [d @ b'1'..=b'9'] => Some(FastSplitter { max_digits: (d - b'0') as usize }),
+            [d @ b'1'..=b'9'] => Some(FastSplitter {
+                max_digits: (d - b'0') as usize,
+            }),
             _ => None,
         }
     }
 
-    /// Calls `f` on every chunk of `text`, in order.
-    pub fn for_each_chunk<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) {
+    /// Calls `f(start, end)` on the byte range of every chunk of `text`, in
+    /// order. Ranges always start and end on character boundaries.
+    pub fn for_each_span(&self, text: &str, mut f: impl FnMut(usize, usize)) {
         let t: &ClassTable = &CLASSES;
         let s = text.as_bytes();
         let mut i = 0;
         while i < s.len() {
             let end = self.chunk_end(t, s, i);
-            // Chunk ends always fall on character boundaries; the slice is checked anyway.
-            f(&text[i..end]);
+            f(i, end);
             i = end;
         }
     }
@@ -112,14 +114,18 @@ impl FastSplitter {
     fn chunk_end(&self, t: &ClassTable, s: &[u8], i: usize) -> usize {
         let len = s.len();
         let (cp, n) = decode(s, i);
-        let class = if cp < 0x80 { t.of_ascii(cp as u8) } else { t.of(cp) };
+        let class = if cp < 0x80 {
+            t.of_ascii(cp as u8)
+        } else {
+            t.of(cp)
+        };
         let next = i + n;
 
         // '(?i:[sdmt]|ll|ve|re)
-        if cp == '\'' as u32 {
-            if let Some(end) = contraction_end(t, s, next) {
-                return end;
-            }
+        if cp == '\'' as u32
+            && let Some(end) = contraction_end(t, s, next)
+        {
+            return end;
         }
         match class {
             // [^\r\n\p{L}\p{N}]?+\p{L}+ with nothing before the letters.
@@ -169,7 +175,11 @@ impl FastSplitter {
         // \s+(?!\S): the whole run at the end of the text, otherwise all but its
         // last character (which then precedes whitespace). A single character
         // followed by non-whitespace falls through to \s+.
-        if j == s.len() || last_start == i { j } else { last_start }
+        if j == s.len() || last_start == i {
+            j
+        } else {
+            last_start
+        }
     }
 
     /// `\p{N}{1,K}` where the first number ends at `i`.
@@ -206,7 +216,10 @@ fn contraction_end(t: &ClassTable, s: &[u8], i: usize) -> Option<usize> {
     let (cp2, n2) = decode(s, j);
     let c2 = char::from_u32(cp2)?;
     let pairs = [(L, L), (V, E), (R, E)];
-    if pairs.iter().any(|&(a, b)| t.folds_to(c1, a) && t.folds_to(c2, b)) {
+    if pairs
+        .iter()
+        .any(|&(a, b)| t.folds_to(c1, a) && t.folds_to(c2, b))
+    {
         return Some(j + n2);
     }
     None
@@ -243,14 +256,17 @@ mod tests {
 
     fn split(text: &str) -> Vec<&str> {
         let mut v = Vec::new();
-        FastSplitter { max_digits: 3 }.for_each_chunk(text, |c| v.push(c));
+        FastSplitter { max_digits: 3 }.for_each_span(text, |a, b| v.push(&text[a..b]));
         v
     }
 
     #[test]
     fn gpt4_examples() {
         assert_eq!(split("Hello world"), ["Hello", " world"]);
-        assert_eq!(split("I'm 12345 ok!!\n\n  x"), ["I", "'m", " ", "123", "45", " ok", "!!\n\n", " ", " x"]);
+        assert_eq!(
+            split("I'm 12345 ok!!\n\n  x"),
+            ["I", "'m", " ", "123", "45", " ok", "!!\n\n", " ", " x"]
+        );
         assert_eq!(split("a   b"), ["a", "  ", " b"]);
         assert_eq!(split("  \n\t"), ["  \n", "\t"]);
         assert_eq!(split("'ſ"), ["'ſ"]);

@@ -29,21 +29,22 @@ impl Splitter {
         }
     }
 
-    /// Calls `f` on every non-empty chunk of `text`, in order.
+    /// Calls `f(start, end)` on the byte range of every non-empty chunk of
+    /// `text`, in order.
     ///
     /// fancy-regex can fail at match time (backtracking limit); that comes back
     /// as an error instead of a panic.
-    pub fn for_each_chunk<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) -> Result<(), String> {
+    pub fn for_each_span(&self, text: &str, mut f: impl FnMut(usize, usize)) -> Result<(), String> {
         match self {
             Splitter::Fast(fast) => {
-                fast.for_each_chunk(text, f);
+                fast.for_each_span(text, f);
                 Ok(())
             }
             Splitter::Fancy(regex) => {
                 for m in regex.find_iter(text) {
                     let m = m.map_err(|e| format!("split regex failed while matching: {e}"))?;
-                    if !m.as_str().is_empty() {
-                        f(m.as_str());
+                    if m.start() < m.end() {
+                        f(m.start(), m.end());
                     }
                 }
                 Ok(())
@@ -51,10 +52,21 @@ impl Splitter {
         }
     }
 
+    /// Calls `f` on every non-empty chunk of `text`, in order.
+    pub fn for_each_chunk<'t>(
+        &self,
+        text: &'t str,
+        mut f: impl FnMut(&'t str),
+    ) -> Result<(), String> {
+        self.for_each_span(text, |start, end| f(&text[start..end]))
+    }
+
     /// Pieces of `text` that can be split independently with identical results.
     pub fn pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
         match self {
-            Splitter::Fast(_) if text.len() > 2 * PIECE_BYTES => cut_for_parallelism(text, PIECE_BYTES),
+            Splitter::Fast(_) if text.len() > 2 * PIECE_BYTES => {
+                cut_for_parallelism(text, PIECE_BYTES)
+            }
             _ => vec![text],
         }
     }

@@ -1,0 +1,296 @@
+"""Benchmark tokenizer training and encoding against our peers, in one run.
+
+On the same text and vocab sizes it trains BPE with
+  (a) our `rustbpe` (this repository's Rust extension),
+  (b) the `rustbpe` package from PyPI (same module name, so it is installed into
+      a separate folder and imported from there),
+  (c) HF `tokenizers` with the BpeTrainer configured as nanochat's
+      HuggingFaceTokenizer (byte-level, same split regex, no special tokens),
+each in its own subprocess using all cores, then encodes the same text with
+tiktoken built from our ranks and from PyPI rustbpe's ranks (fresh subprocesses,
+alternating). It prints the timings, the ratios to the peers, and whether our
+merges equal PyPI's.
+
+    python -m dev.bench_tokenizer                      # 50 MB, vocab 32768 and 65536
+    python -m dev.bench_tokenizer --mb 10 --vocab-sizes 4096
+    python -m dev.bench_tokenizer --corpus-dir DIR --pypi-dir DIR
+
+Text comes from `part_*.jsonl.gz` files (one `{"text": ...}` per line) in
+--corpus-dir, by default `$NANOCHAT_DATA_PACK/corpus`.
+"""
+
+import argparse
+import glob
+import gzip
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+# nanochat's split pattern (GPT-4's with \p{N}{1,2}); kept literal so workers need no project imports.
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+PYPI_RUSTBPE = "rustbpe==0.1.0"
+
+
+# ----------------------------------------------------------------------------------------
+# Workers (run in subprocesses)
+
+
+def train_rustbpe(docs, vocab_size):
+    import rustbpe
+
+    tok = rustbpe.Tokenizer()
+    start, cpu = time.perf_counter(), time.process_time()
+    tok.train_from_iterator(iter(docs), vocab_size, pattern=SPLIT_PATTERN)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    ranks = [bytes(k) for k, _ in sorted(tok.get_mergeable_ranks(), key=lambda kv: kv[1])]
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "ranks": ranks, "module": rustbpe.__file__}
+
+
+def train_hf(docs, vocab_size):
+    import tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    tok = Tokenizer(BPE(byte_fallback=True, unk_token=None, fuse_unk=False))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern=Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        min_frequency=0,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    start, cpu = time.perf_counter(), time.process_time()
+    tok.train_from_iterator(iter(docs), trainer)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "vocab": tok.get_vocab_size(),
+            "module": f"tokenizers {tokenizers.__version__}"}
+
+
+def encode_tiktoken(texts, ranks, repeats):
+    """Best-of-`repeats` wall and CPU seconds of tiktoken's encode_ordinary_batch with `ranks`."""
+    import hashlib
+    from array import array
+
+    import tiktoken
+
+    enc = tiktoken.Encoding(name="bench", pat_str=SPLIT_PATTERN,
+                            mergeable_ranks={b: i for i, b in enumerate(ranks)}, special_tokens={})
+    threads = os.cpu_count() or 1
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        ids = enc.encode_ordinary_batch(texts, num_threads=threads)
+        wall = min(wall, time.perf_counter() - start)
+        cpu = min(cpu, time.process_time() - start_cpu)
+    digest = hashlib.sha256()
+    for row in ids:
+        digest.update(array("I", row).tobytes() + b"|")
+    return {"seconds": wall, "cpu_seconds": cpu, "ids_sha256": digest.hexdigest()}
+
+
+def worker_main(args):
+    with open(args.docs, "rb") as f:
+        docs = pickle.load(f)
+    if args.worker == "encode":
+        with open(args.ranks, "rb") as f:
+            result = encode_tiktoken(docs, pickle.load(f), args.repeats)
+    elif args.worker == "hf":
+        result = train_hf(docs, args.vocab)
+    else:
+        result = train_rustbpe(docs, args.vocab)
+    with open(args.out, "wb") as f:
+        pickle.dump(result, f)
+
+
+# ----------------------------------------------------------------------------------------
+# Orchestration
+
+
+def load_docs(corpus_dir, max_bytes):
+    files = sorted(glob.glob(os.path.join(corpus_dir, "part_*.jsonl.gz")))
+    if not files:
+        sys.exit(f"no part_*.jsonl.gz files in {corpus_dir!r}: pass --corpus-dir or set NANOCHAT_DATA_PACK")
+    docs, size = [], 0
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                docs.append(json.loads(line)["text"])
+                size += len(docs[-1].encode("utf-8"))
+                if size >= max_bytes:
+                    return docs, size
+    print(f"note: the corpus holds only {size / 1e6:.1f} MB; using all of it")
+    return docs, size
+
+
+def ensure_pypi_rustbpe(target):
+    """Installs PyPI's rustbpe into `target` (not into the environment, where ours lives)."""
+    if glob.glob(os.path.join(target, "rustbpe", "*.so")) + glob.glob(os.path.join(target, "rustbpe", "*.pyd")):
+        return
+    os.makedirs(target, exist_ok=True)
+    if shutil.which("uv"):
+        cmd = ["uv", "pip", "install", "--quiet", "--python", sys.executable, "--target", target, PYPI_RUSTBPE]
+    else:
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--target", target, PYPI_RUSTBPE]
+    print("installing", PYPI_RUSTBPE, "into", target)
+    subprocess.run(cmd, check=True)
+
+
+def run_worker(kind, docs_path, vocab_size, workdir, pypi_dir):
+    out = os.path.join(workdir, f"{kind}_{vocab_size}.pkl")
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if kind == "pypi":
+        env["PYTHONPATH"] = pypi_dir
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--docs", docs_path,
+           "--vocab", str(vocab_size), "--out", out]
+    # Run outside the repository so the rustbpe/ source folder cannot shadow a module.
+    subprocess.run(cmd, check=True, env=env, cwd=workdir)
+    with open(out, "rb") as f:
+        return pickle.load(f)
+
+
+def check_modules(results, pypi_dir):
+    ours, pypi = results["ours"]["module"], results["pypi"]["module"]
+    if not os.path.realpath(pypi).startswith(os.path.realpath(pypi_dir)):
+        sys.exit(f"PyPI rustbpe was not imported from {pypi_dir}: {pypi}")
+    if os.path.realpath(ours).startswith(os.path.realpath(pypi_dir)):
+        sys.exit(f"our rustbpe resolved to the PyPI copy: {ours}")
+
+
+def compare_merges(ours, pypi):
+    if ours == pypi:
+        return f"identical ({len(ours) - 256} merges)"
+    first = next((i for i, (a, b) in enumerate(zip(ours, pypi)) if a != b), min(len(ours), len(pypi)))
+    return (f"DIFFERENT: first difference at rank {first} "
+            f"(ours {ours[first:first + 1]}, PyPI {pypi[first:first + 1]}; sizes {len(ours)} vs {len(pypi)})")
+
+
+def time_encode(ranks_by_name, texts_path, repeats, workdir):
+    """Encode timings per rank set: each set is timed in fresh subprocesses, in
+    alternating order over two rounds, so neither gets a warmer process or heap."""
+    paths = {}
+    for name, ranks in ranks_by_name.items():
+        paths[name] = os.path.join(workdir, f"ranks_{name}.pkl")
+        with open(paths[name], "wb") as f:
+            pickle.dump(ranks, f)
+    per_round = max(1, (repeats + 1) // 2)
+    best, names = {}, list(ranks_by_name)
+    for round_index in range(2):
+        for name in names if round_index == 0 else names[::-1]:
+            out = os.path.join(workdir, f"encode_{name}.pkl")
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "encode", "--docs", texts_path,
+                   "--ranks", paths[name], "--repeats", str(per_round), "--out", out]
+            subprocess.run(cmd, check=True, cwd=workdir)
+            with open(out, "rb") as f:
+                r = pickle.load(f)
+            if name not in best:
+                best[name] = r
+            else:
+                best[name]["seconds"] = min(best[name]["seconds"], r["seconds"])
+                best[name]["cpu_seconds"] = min(best[name]["cpu_seconds"], r["cpu_seconds"])
+    return best
+
+
+def slice_docs(docs, max_bytes):
+    out, size = [], 0
+    for d in docs:
+        if size >= max_bytes:
+            break
+        out.append(d)
+        size += len(d.encode("utf-8"))
+    return out, size
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=50, help="MB of text to train on (default 50)")
+    parser.add_argument("--vocab-sizes", default="32768,65536", help="comma-separated vocab sizes")
+    parser.add_argument("--encode-mb", type=float, default=10, help="MB of the same text to encode (default 10)")
+    parser.add_argument("--encode-repeats", type=int, default=6, help="encode runs per contender; the best counts")
+    parser.add_argument("--corpus-dir", default=None, help="folder with part_*.jsonl.gz (default $NANOCHAT_DATA_PACK/corpus)")
+    parser.add_argument("--pypi-dir", default=None, help="folder with PyPI rustbpe installed (default: install into a temp folder)")
+    parser.add_argument("--skip-hf", action="store_true", help="leave HF tokenizers out")
+    # internal: subprocess workers
+    parser.add_argument("--worker", choices=["ours", "pypi", "hf", "encode"], help=argparse.SUPPRESS)
+    parser.add_argument("--ranks", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--docs", help=argparse.SUPPRESS)
+    parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker_main(args)
+
+    corpus_dir = args.corpus_dir or os.path.join(os.environ.get("NANOCHAT_DATA_PACK", ""), "corpus")
+    vocab_sizes = [int(v) for v in args.vocab_sizes.split(",")]
+    docs, size = load_docs(corpus_dir, int(args.mb * 1e6))
+    workdir = tempfile.mkdtemp(prefix="bench_tokenizer_")
+    pypi_dir = args.pypi_dir or os.path.join(workdir, "pypi_rustbpe")
+    ensure_pypi_rustbpe(pypi_dir)
+    docs_path = os.path.join(workdir, "docs.pkl")
+    with open(docs_path, "wb") as f:
+        pickle.dump(docs, f)
+    encode_texts, encode_size = slice_docs(docs, int(args.encode_mb * 1e6))
+    encode_path = os.path.join(workdir, "encode_docs.pkl")
+    with open(encode_path, "wb") as f:
+        pickle.dump(encode_texts, f)
+
+    print(f"text: {size / 1e6:.1f} MB in {len(docs)} documents from {corpus_dir}")
+    print(f"split pattern: nanochat (\\p{{N}}{{1,2}}); CPUs: {os.cpu_count()}; python {sys.version.split()[0]}")
+    rows = []
+    for vocab_size in vocab_sizes:
+        print(f"\n=== vocab size {vocab_size} ===")
+        kinds = ["ours", "pypi"] + ([] if args.skip_hf else ["hf"])
+        results = {}
+        for kind in kinds:
+            results[kind] = run_worker(kind, docs_path, vocab_size, workdir, pypi_dir)
+            r = results[kind]
+            print(f"  train {kind:5s} {r['seconds']:8.2f} s wall {r['cpu_seconds']:8.2f} s cpu   [{r['module']}]")
+        check_modules(results, pypi_dir)
+        merges = compare_merges(results["ours"]["ranks"], results["pypi"]["ranks"])
+        print(f"  merges ours vs PyPI rustbpe: {merges}")
+        enc = time_encode({"ours": results["ours"]["ranks"], "pypi": results["pypi"]["ranks"]},
+                          encode_path, args.encode_repeats, workdir)
+        best = {name: r["seconds"] for name, r in enc.items()}
+        best_cpu = {name: r["cpu_seconds"] for name, r in enc.items()}
+        same_ids = enc["ours"]["ids_sha256"] == enc["pypi"]["ids_sha256"]
+        for name in ("ours", "pypi"):
+            print(f"  encode {name:5s} {best[name]:7.2f} s wall {best_cpu[name]:7.2f} s cpu"
+                  f"  {encode_size / 1e6 / best[name]:6.1f} MB/s  ({encode_size / 1e6:.1f} MB, tiktoken encode_ordinary_batch)")
+        print(f"  encoded ids identical: {same_ids}")
+        rows.append((vocab_size, results, (best, best_cpu), merges))
+
+    print("\n=== summary (ratio = peer / ours, higher is better; wall seconds, CPU seconds of all threads in brackets) ===")
+    print(f"{'vocab':>6} {'ours':>14} {'PyPI rustbpe':>14} {'HF':>14} {'vs PyPI':>14} {'vs HF':>14}"
+          f" {'enc ours':>14} {'enc PyPI':>14} {'enc ratio':>14}  merges vs PyPI")
+    for vocab_size, results, (best, best_cpu), merges in rows:
+        def cell(kind):
+            r = results.get(kind)
+            return f"{r['seconds']:.2f} [{r['cpu_seconds']:.2f}]" if r else "-"
+
+        def ratio(kind):
+            r, o = results.get(kind), results["ours"]
+            return f"{r['seconds'] / o['seconds']:.2f}x [{r['cpu_seconds'] / o['cpu_seconds']:.2f}x]" if r else "-"
+
+        print(f"{vocab_size:>6} {cell('ours'):>14} {cell('pypi'):>14} {cell('hf'):>14} {ratio('pypi'):>14} {ratio('hf'):>14}"
+              f" {best['ours']:>6.2f} [{best_cpu['ours']:.2f}] {best['pypi']:>6.2f} [{best_cpu['pypi']:.2f}]"
+              f" {best['pypi'] / best['ours']:>6.2f}x [{best_cpu['pypi'] / best_cpu['ours']:.2f}x]  {merges.split(' (')[0]}")
+    print("targets: train >= 1.3x PyPI rustbpe and >= 2x HF tokenizers; encode ratio >= 1.0 (equal merges"
+          " give equal tiktoken tables, so that ratio is 1.0 up to timing noise)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
