@@ -1,0 +1,236 @@
+"""
+Chat web server: the UI at /, a streaming chat endpoint for it, and an OpenAI-compatible API.
+
+    python -m scripts.chat_web                      # one worker per GPU, sft checkpoint
+    python -m scripts.chat_web --device-type=cpu -n 2 -i mid
+
+Endpoints:
+  GET  /                       the chat UI (nanochat/ui.html)
+  GET  /logo.svg               its logo
+  POST /chat/completions       streaming (SSE) chat used by the UI
+  GET  /health, GET /stats     liveness and worker usage
+  POST /v1/chat/completions    OpenAI-compatible (streaming and not); GET /v1/models
+Requests beyond the number of workers wait for one to be free.
+"""
+
+import argparse
+import json
+import logging
+import os
+import random
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nanochat.serving import (RequestError, WorkerPool, check_messages, check_sampling,
+                              describe_validation_errors, render_prompt)
+from scripts.openai_api import openai_error, router as openai_router
+
+logger = logging.getLogger("nanochat.chat_web")
+
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nanochat")
+MAX_BODY_BYTES = 1 << 20  # a maximal conversation (32000 characters) is far below this
+
+DEFAULTS = SimpleNamespace(source="sft", model_tag=None, step=None, temperature=0.8, top_k=50, max_tokens=512,
+                           device_type=None, dtype="bfloat16")
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    messages: list[ChatMessage]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_k: int | None = None
+
+
+def validate_chat_request(request):
+    """Raise RequestError (-> HTTP 400) when the UI request is outside the server's limits."""
+    check_messages([(m.role, m.content) for m in request.messages])
+    check_sampling(request.temperature, request.top_k, request.max_tokens)
+
+
+def sse(payload):
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def generate_stream(pool, tokens, temperature, max_new_tokens, top_k, request=None):
+    """SSE events of one reply: {"token", "gpu"} per piece of text, then {"done": true}."""
+    seed = random.randint(0, 2**31 - 1)
+    disconnected = request.is_disconnected if request is not None else None
+    async with pool.reply(tokens, temperature=temperature, top_k=top_k, max_tokens=max_new_tokens,
+                          seed=seed) as reply:
+        try:
+            async for text in reply.pieces(disconnected):
+                yield sse({"token": text, "gpu": reply.worker.gpu_id})
+        except RuntimeError as e:  # generation failed after the response started: say so in-stream
+            yield sse({"error": str(e)})
+        logger.info(f"Reply ({reply.completion_tokens} tokens, {reply.finish_reason}): {reply.text!r}")
+    yield sse({"done": True})
+
+
+class BodySizeLimit:
+    """Refuse bodies announced larger than MAX_BODY_BYTES before reading them."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope.get("headers", [])).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                message = f"request body is too large ({int(length)} bytes, at most {MAX_BODY_BYTES})"
+                response = (openai_error(413, message, code="request_too_large")
+                            if scope["path"].startswith("/v1/") else JSONResponse({"detail": message}, 413))
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(worker_pool=None, settings=None):
+    """The FastAPI app. Pass a ready WorkerPool (tests do); otherwise the lifespan loads the model
+    that `settings` (see DEFAULTS) names."""
+    settings = settings or DEFAULTS
+
+    @asynccontextmanager
+    async def lifespan(app):
+        pool = app.state.worker_pool
+        if not pool.workers:
+            await pool.initialize(settings.source, settings.model_tag, settings.step,
+                                  settings.device_type, settings.dtype)
+        else:
+            pool.start()
+        logger.info(f"Serving with {len(pool.workers)} worker(s)")
+        yield
+
+    app = FastAPI(lifespan=lifespan, title="nanochat")
+    app.state.worker_pool = worker_pool if worker_pool is not None else WorkerPool(getattr(settings, "num_gpus", None))
+    app.state.settings = settings
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True,
+                       allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(BodySizeLimit)
+    app.include_router(openai_router)
+    _add_error_handlers(app)
+
+    @app.get("/")
+    async def root():
+        with open(os.path.join(PACKAGE_DIR, "ui.html"), encoding="utf-8") as f:
+            return HTMLResponse(f.read())
+
+    @app.get("/logo.svg")
+    async def logo():
+        with open(os.path.join(PACKAGE_DIR, "logo.svg"), encoding="utf-8") as f:
+            return Response(f.read(), media_type="image/svg+xml")
+
+    @app.post("/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        validate_chat_request(body)
+        pool = request.app.state.worker_pool
+        for m in body.messages:
+            logger.info(f"[{m.role}] {m.content}")
+        tokens = render_prompt(pool.tokenizer, [(m.role, m.content) for m in body.messages])
+        if len(tokens) >= pool.max_context:
+            raise RequestError(f"conversation is {len(tokens)} tokens; this model handles fewer than "
+                               f"{pool.max_context}", "messages")
+        temperature = settings.temperature if body.temperature is None else body.temperature
+        top_k = settings.top_k if body.top_k is None else body.top_k
+        max_tokens = settings.max_tokens if body.max_tokens is None else body.max_tokens
+        return StreamingResponse(generate_stream(pool, tokens, temperature, max_tokens, top_k, request),
+                                 media_type="text/event-stream")
+
+    @app.get("/health")
+    async def health(request: Request):
+        pool = request.app.state.worker_pool
+        return {"status": "ok", "ready": pool.ready, "num_gpus": len(pool.workers),
+                "available_workers": pool.available()}
+
+    @app.get("/stats")
+    async def stats(request: Request):
+        pool = request.app.state.worker_pool
+        available = pool.available()
+        return {"total_workers": len(pool.workers), "available_workers": available,
+                "busy_workers": len(pool.workers) - available,
+                "workers": [{"gpu_id": w.gpu_id, "device": str(w.device)} for w in pool.workers]}
+
+    return app
+
+
+def _add_error_handlers(app):
+    """Every refusal is a 4xx JSON body: {"detail": ...} on the UI API, OpenAI's shape under /v1."""
+
+    def refuse(request, status, message, param=None, code=None):
+        if request.url.path.startswith("/v1/"):
+            return openai_error(status, message, param=param, code=code)
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request, exc):
+        message, param = describe_validation_errors(exc.errors())
+        return refuse(request, 400, message, param)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request, exc):
+        return refuse(request, 400, exc.message, exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request, exc):
+        return refuse(request, exc.status_code, str(exc.detail))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Chat web server (UI + OpenAI-compatible API)")
+    parser.add_argument("-n", "--num-gpus", type=int, default=1, help="workers: GPUs to use (or CPU workers)")
+    parser.add_argument("-i", "--source", type=str, default="sft", help="checkpoint stage: base|mid|sft|rl")
+    parser.add_argument("-t", "--temperature", type=float, default=0.8, help="default temperature")
+    parser.add_argument("-k", "--top-k", type=int, default=50, help="default top-k")
+    parser.add_argument("-m", "--max-tokens", type=int, default=512, help="default max tokens per reply")
+    parser.add_argument("-g", "--model-tag", type=str, default=None, help="model tag to load")
+    parser.add_argument("-s", "--step", type=int, default=None, help="checkpoint step to load")
+    parser.add_argument("-p", "--port", type=int, default=8000, help="port")
+    parser.add_argument("-d", "--dtype", type=str, default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--device-type", type=str, default="", choices=["", "cuda", "cpu", "mps"],
+                        help="empty = autodetect")
+    parser.add_argument("--host", type=str, default="0.0.0.0", help="host to bind")
+    args = parser.parse_args(argv)
+    if args.num_gpus < 1:
+        parser.error("--num-gpus must be >= 1")
+    try:  # the server's defaults obey the same limits as requests
+        check_sampling(args.temperature, args.top_k, args.max_tokens)
+    except RequestError as e:
+        parser.error(e.message.replace("top_k", "--top-k").replace("max_tokens", "--max-tokens"))
+    return args
+
+
+def main(argv=None):
+    import sys
+
+    import uvicorn
+
+    from nanochat.common import autodetect_device_type, compute_init
+    args = parse_args(argv)
+    device_type = args.device_type or autodetect_device_type()
+    compute_init(device_type)
+    pool = WorkerPool(args.num_gpus)
+    try:
+        pool.load(args.source, args.model_tag, args.step, device_type, args.dtype)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"chat_web: {e}", file=sys.stderr)
+        sys.exit(1)
+    settings = SimpleNamespace(
+        source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
+        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype)
+    app = create_app(worker_pool=pool, settings=settings)
+    print(f"Starting the nanochat server at http://{args.host}:{args.port}")
+    uvicorn.run(app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()
