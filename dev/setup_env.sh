@@ -4,6 +4,7 @@
 # Installs uv (through pip) when missing, checks for the Rust toolchain, runs `uv sync`
 # (which also compiles the rustbpe tokenizer extension through maturin) and activates .venv.
 
+# shellcheck disable=SC2317  # `return` works when sourced, `exit` when run directly
 _nanochat_extra="${1:-cpu}"
 _nanochat_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -18,6 +19,7 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
+    # shellcheck disable=SC1091
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
