@@ -192,26 +192,6 @@ def collate_padded(batch, pad_id):
     return inputs, targets
 
 
-def gather_loader_states(state):
-    """Every rank's loader state, as a list indexed by rank (checkpoint meta is written by rank 0 only)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return [state]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    return states
-
-
-def any_rank(flag, device):
-    """True on every rank if `flag` is True on any rank, so all ranks leave a loop together."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return bool(flag)
-    t = torch.tensor(int(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def nonempty_tasks(named_tasks, label):
     """Print a mixture's composition and return its non-empty tasks; an all-empty mixture is an error."""
     from nanochat.common import print0

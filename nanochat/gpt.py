@@ -227,7 +227,11 @@ class GPT(nn.Module):
         if ddp:
             adamw_optimizer = DistAdamW(adam_groups, **adamw_kwargs)
         else:
-            adamw_optimizer = torch.optim.AdamW(adam_groups, fused=True, **adamw_kwargs)
+            # fused on CUDA for speed. Elsewhere torch's default kernel: its rounding matches DistAdamW
+            # bit for bit (the fused CPU kernel differs in the last ulp), so one CPU process and
+            # several gloo ranks train identically.
+            fused = self.get_device().type == "cuda"
+            adamw_optimizer = torch.optim.AdamW(adam_groups, fused=fused, **adamw_kwargs)
         muon_kwargs = dict(lr=matrix_lr, momentum=0.95)
         muon_optimizer = (DistMuon if ddp else Muon)(matrix_params, **muon_kwargs)
         optimizers = [adamw_optimizer, muon_optimizer]
@@ -255,7 +259,7 @@ class GPT(nn.Module):
         if targets is None:
             return logits
         logits = logits.float()
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1, reduction=loss_reduction)
 
     @torch.inference_mode()

@@ -20,7 +20,8 @@ from contextlib import nullcontext  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from nanochat.chat_data import PaddedConversations, gather_loader_states, nonempty_tasks  # noqa: E402
+from nanochat.chat_data import PaddedConversations, nonempty_tasks  # noqa: E402
+from nanochat.training import gather_loader_states  # noqa: E402
 from nanochat.checkpoint_manager import load_model  # noqa: E402
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
                              print0, print_banner)

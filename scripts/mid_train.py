@@ -18,7 +18,8 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 
 import time  # noqa: E402
 
-from nanochat.chat_data import PackedConversations, any_rank, gather_loader_states, nonempty_tasks  # noqa: E402
+from nanochat.chat_data import PackedConversations, nonempty_tasks  # noqa: E402
+from nanochat.training import any_rank, gather_loader_states  # noqa: E402
 from nanochat.checkpoint_manager import load_model  # noqa: E402
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
                              print0, print_banner)

@@ -1,0 +1,253 @@
+"""
+Save and load training checkpoints, and rebuild a ready model + tokenizer from a stage directory.
+
+A checkpoint for step N in a directory is:
+    model_N.pt              model state_dict (rank 0)
+    optim_N_rank<R>.pt      [adamw.state_dict(), muon.state_dict()] of rank R (every rank)
+    rng_N_rank<R>.pt        RNG state of rank R (optional; written by the training utilities)
+    meta_N.json             metadata (rank 0), written LAST
+Every file goes through a temp file and an atomic rename, and the meta file is what makes a
+checkpoint "there": a crash or a full disk mid-save leaves at most an incomplete step that
+find_last_step ignores, and the previous checkpoint stays loadable.
+"""
+
+import glob
+import json
+import logging
+import os
+import re
+
+import torch
+import torch.distributed as dist
+
+from nanochat.common import get_base_dir
+from nanochat.gpt import GPT, GPTConfig
+
+logger = logging.getLogger(__name__)
+
+# which stage writes each checkpoint family (for error messages)
+SOURCE_DIRS = {
+    "base": ("base_checkpoints", "python -m scripts.base_train"),
+    "mid": ("mid_checkpoints", "python -m scripts.mid_train"),
+    "sft": ("chatsft_checkpoints", "python -m scripts.chat_sft"),
+    "rl": ("chatrl_checkpoints", "python -m scripts.chat_rl"),
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read."""
+
+
+def log0(message):
+    if int(os.environ.get("RANK", 0)) == 0:
+        logger.info(message)
+
+
+def _model_path(d, step):
+    return os.path.join(d, f"model_{step:06d}.pt")
+
+
+def _meta_path(d, step):
+    return os.path.join(d, f"meta_{step:06d}.json")
+
+
+def _optim_path(d, step, rank):
+    return os.path.join(d, f"optim_{step:06d}_rank{rank}.pt")
+
+
+def _rng_path(d, step, rank):
+    return os.path.join(d, f"rng_{step:06d}_rank{rank}.pt")
+
+
+def _atomic_write(path, write_fn):
+    """write_fn(file) into path.tmp, fsync, then rename over path; the tmp file never survives."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _torch_save(obj, path):
+    _atomic_write(path, lambda f: torch.save(obj, f))
+    log0(f"Saved {path}")
+
+
+def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data, rank=0, rank_state=None):
+    """
+    Write one checkpoint. With optimizer_data or rank_state under torch.distributed this is a
+    collective: every rank must call it (each writes its own shard, then rank 0 writes the meta).
+    """
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    if optimizer_data is not None:
+        _torch_save(optimizer_data, _optim_path(checkpoint_dir, step, rank))
+    if rank_state is not None:
+        _torch_save(rank_state, _rng_path(checkpoint_dir, step, rank))
+    if rank == 0:
+        _torch_save(model_data, _model_path(checkpoint_dir, step))
+    sharded = optimizer_data is not None or rank_state is not None
+    if sharded and dist.is_available() and dist.is_initialized():
+        dist.barrier()  # all shards are on disk before the meta file marks the step complete
+    if rank == 0:
+        text = json.dumps(meta_data, indent=2).encode("utf-8")
+        path = _meta_path(checkpoint_dir, step)
+        _atomic_write(path, lambda f: f.write(text))
+        log0(f"Saved {path}")
+
+
+def _load_torch(path, device):
+    try:
+        with open(path, "rb") as f:
+            return torch.load(f, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                              "delete that step's files and resume from an earlier step") from e
+
+
+def _load_meta(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint meta file {path} is corrupt ({e}); "
+                              "delete that step's files and resume from an earlier step") from e
+
+
+def available_steps(checkpoint_dir):
+    """Sorted steps that have both a model and a meta file (i.e. finished saving)."""
+    steps = []
+    for path in glob.glob(os.path.join(checkpoint_dir, "model_*.pt")):
+        match = re.search(r"model_(\d+)\.pt$", path)
+        if match and os.path.exists(_meta_path(checkpoint_dir, int(match.group(1)))):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def _describe_steps(checkpoint_dir):
+    steps = available_steps(checkpoint_dir)
+    return f"available steps: {steps}" if steps else "no complete checkpoints there"
+
+
+def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False, rank=0):
+    """-> (model_data, optimizer_data or None, meta_data). Missing files name the steps that exist."""
+    model_path, meta_path = _model_path(checkpoint_dir, step), _meta_path(checkpoint_dir, step)
+    if not (os.path.exists(model_path) and os.path.exists(meta_path)):
+        raise FileNotFoundError(f"no complete checkpoint for step {step} in {checkpoint_dir} "
+                                f"(needs {os.path.basename(model_path)} and {os.path.basename(meta_path)}); "
+                                f"{_describe_steps(checkpoint_dir)}")
+    meta_data = _load_meta(meta_path)
+    model_data = _load_torch(model_path, device)
+    optimizer_data = None
+    if load_optimizer:
+        optim_path = _optim_path(checkpoint_dir, step, rank)
+        if not os.path.exists(optim_path):
+            ranks = sorted(int(m.group(1)) for p in glob.glob(os.path.join(checkpoint_dir, f"optim_{step:06d}_rank*.pt"))
+                           if (m := re.search(r"rank(\d+)\.pt$", p)))
+            raise FileNotFoundError(f"optimizer shard {optim_path} not found (shards saved for ranks {ranks}); "
+                                    "resume with the same number of processes that saved it")
+        optimizer_data = _load_torch(optim_path, device)
+    return model_data, optimizer_data, meta_data
+
+
+def load_rank_state(checkpoint_dir, step, rank=0):
+    """The RNG state saved by this rank, or None for checkpoints written without one."""
+    path = _rng_path(checkpoint_dir, step, rank)
+    if not os.path.exists(path):
+        return None
+    return _load_torch(path, "cpu")
+
+
+def _clean_state_dict(model_data, device):
+    cleaned = {}
+    for key, value in model_data.items():
+        if device.type in ("cpu", "mps") and value.dtype == torch.bfloat16:
+            value = value.float()  # bf16 is a CUDA memory saving; compute in fp32 elsewhere
+        cleaned[key.removeprefix("_orig_mod.")] = value
+    return cleaned
+
+
+def build_model(checkpoint_dir, step, device, phase):
+    """-> (model, tokenizer, meta) with the raw (uncompiled) model in train or eval mode."""
+    from nanochat.tokenizer import get_tokenizer
+
+    assert phase in ("train", "eval"), f"phase must be 'train' or 'eval', got {phase!r}"
+    device = torch.device(device)
+    model_data, _, meta_data = load_checkpoint(checkpoint_dir, step, device, load_optimizer=False)
+    model_data = _clean_state_dict(model_data, device)
+    model_config = GPTConfig(**meta_data["model_config"])
+    tokenizer = get_tokenizer()
+    if tokenizer.get_vocab_size() != model_config.vocab_size:
+        raise ValueError(f"tokenizer vocab size {tokenizer.get_vocab_size()} does not match the checkpoint's "
+                         f"{model_config.vocab_size} ({checkpoint_dir}); the tokenizer in "
+                         f"{os.path.join(get_base_dir(), 'tokenizer')} is not the one this model was trained with")
+    log0(f"Building model with config: {model_config}")
+    with torch.device("meta"):
+        model = GPT(model_config)
+    model.to_empty(device=device)
+    model.init_weights()  # builds the rotary tables; the weights are replaced just below
+    model.load_state_dict(model_data, strict=True, assign=True)
+    model.train() if phase == "train" else model.eval()
+    return model, tokenizer, meta_data
+
+
+def find_largest_model(checkpoint_dir):
+    """The d<N> subdirectory with the largest N, else the most recently modified subdirectory."""
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"checkpoint directory {checkpoint_dir} does not exist")
+    tags = [f for f in os.listdir(checkpoint_dir) if os.path.isdir(os.path.join(checkpoint_dir, f))]
+    if not tags:
+        raise FileNotFoundError(f"no model directories in {checkpoint_dir}")
+    depths = [(int(m.group(1)), tag) for tag in tags if (m := re.fullmatch(r"d(\d+)", tag))]
+    if depths:
+        return max(depths)[1]
+    return max(tags, key=lambda t: os.path.getmtime(os.path.join(checkpoint_dir, t)))
+
+
+def find_last_step(checkpoint_dir):
+    steps = available_steps(checkpoint_dir)
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoints (model_*.pt with its meta_*.json) in {checkpoint_dir}")
+    return steps[-1]
+
+
+def _stage_hint(checkpoints_dir):
+    name = os.path.basename(os.path.normpath(checkpoints_dir))
+    for _, (subdir, command) in SOURCE_DIRS.items():
+        if subdir == name:
+            return f"; it is written by `{command}`"
+    return ""
+
+
+def load_model_from_dir(checkpoints_dir, device, phase, model_tag=None, step=None):
+    hint = _stage_hint(checkpoints_dir)
+    try:
+        if model_tag is None:
+            model_tag = find_largest_model(checkpoints_dir)
+            log0(f"No model tag provided, guessing model tag: {model_tag}")
+        checkpoint_dir = os.path.join(checkpoints_dir, model_tag)
+        if not os.path.isdir(checkpoint_dir):
+            raise FileNotFoundError(f"checkpoint directory {checkpoint_dir} does not exist")
+        if step is None:
+            step = find_last_step(checkpoint_dir)
+            log0(f"No model step provided, guessing model step: {step}")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}{hint}") from None
+    return build_model(checkpoint_dir, step, device, phase)
+
+
+def load_model(source, *args, **kwargs):
+    """load_model("base"|"mid"|"sft"|"rl", device, phase, model_tag=None, step=None) -> (model, tokenizer, meta)."""
+    if source not in SOURCE_DIRS:
+        raise ValueError(f"unknown checkpoint source {source!r}; expected one of {sorted(SOURCE_DIRS)}")
+    checkpoints_dir = os.path.join(get_base_dir(), SOURCE_DIRS[source][0])
+    return load_model_from_dir(checkpoints_dir, *args, **kwargs)

@@ -1,0 +1,144 @@
+"""scripts.base_train / scripts.base_loss end to end on CPU with a byte tokenizer and tiny shards."""
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, RustBPETokenizer, save_token_bytes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ("the cat sat on a mat while the dog ran to the park and a bird sang in the tall green tree "
+         "near an old house by the river where children played every sunny day").split()
+
+
+def even_vocab_tokenizer():
+    """Bytes + one merge + the specials: vocab 266, so DistAdamW shards the embeddings over 2 ranks."""
+    import tiktoken
+    ranks = {bytes([i]): i for i in range(256)}
+    ranks[b"th"] = 256
+    specials = {name: 257 + i for i, name in enumerate(SPECIAL_TOKENS)}
+    enc = tiktoken.Encoding(name="bytes_th", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    return RustBPETokenizer(enc, "<|bos|>")
+
+
+def write_shards(data_dir, num_shards=2, docs_per_shard=60, row_group_size=10, seed=0):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = random.Random(seed)
+    os.makedirs(data_dir, exist_ok=True)
+    for shard in range(num_shards):
+        docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 80))) + "." for _ in range(docs_per_shard)]
+        pq.write_table(pa.table({"text": docs}), os.path.join(data_dir, f"shard_{shard:05d}.parquet"),
+                       row_group_size=row_group_size)
+
+
+@pytest.fixture
+def train_env(base_dir):
+    tok = even_vocab_tokenizer()
+    tok_dir = os.path.join(base_dir, "tokenizer")
+    tok.save(tok_dir)
+    save_token_bytes(tok, tok_dir)
+    write_shards(os.path.join(base_dir, "base_data"))
+    return base_dir
+
+
+TINY = ["--device_type=cpu", "--depth=2", "--max_seq_len=64", "--device_batch_size=2", "--total_batch_size=256",
+        "--eval_tokens=256", "--core_metric_every=-1", "--sample_every=-1"]
+
+
+def params_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_exact_resume_is_bit_identical(train_env, tmp_path, monkeypatch):
+    from scripts.base_train import main
+    full = main(TINY + ["--num_iterations=12", "--save_every=6", "--eval_every=6"])
+    assert full["losses"][11] < full["losses"][0] - 0.5  # it learns
+    ck = full["checkpoint_dir"]
+    assert os.path.exists(os.path.join(ck, "model_000006.pt")) and os.path.exists(os.path.join(ck, "optim_000012_rank0.pt"))
+
+    # a run that was killed after checkpoint 6: a fresh base dir holding only that checkpoint
+    killed = tmp_path / "killed"
+    shutil.copytree(train_env, killed, ignore=shutil.ignore_patterns("*_000012*", "report"))
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(killed))
+    resumed = main(TINY + ["--num_iterations=12", "--save_every=6", "--eval_every=6", "--resume_from_step=6"])
+    assert sorted(resumed["losses"]) == list(range(6, 12))
+    for step in range(6, 12):
+        assert resumed["losses"][step] == full["losses"][step], step  # bit for bit
+    assert resumed["val_bpb"][12] == full["val_bpb"][12]
+    a, b = params_of(full["model"]), params_of(resumed["model"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_a_missing_step_lists_existing_ones(train_env):
+    from scripts.base_train import main
+    main(TINY + ["--num_iterations=2"])
+    with pytest.raises(FileNotFoundError, match=r"step 5 .*available steps: \[2\]"):
+        main(TINY + ["--num_iterations=4", "--resume_from_step=5"])
+
+
+def test_bad_batch_and_depth_settings_explain_themselves(train_env):
+    from scripts.base_train import main
+    with pytest.raises(ValueError, match=r"total_batch_size=100 is not divisible by .* = 2\*64\*1 = 128"):
+        main(TINY + ["--total_batch_size=100"])
+    with pytest.raises(ValueError, match="nearest valid depths: 4 or 6"):
+        main(TINY + ["--depth=5"])
+
+
+def test_base_loss_reports_train_and_val_bpb(train_env):
+    from scripts.base_loss import main as base_loss
+    from scripts.base_train import main as base_train
+    trained = base_train(TINY + ["--num_iterations=4"])
+    out = base_loss(["--device_type=cpu", "--device_batch_size=2", "--split_tokens=256"])
+    assert set(out["bpb"]) == {"train", "val"}
+    assert 0 < out["bpb"]["val"] < 10
+    assert out["bpb"]["val"] == pytest.approx(trained["val_bpb"][4], rel=1e-5)  # same model, same val data
+    assert len(out["samples"]) == 7
+    with open(os.path.join(train_env, "report", "base-model-loss.md")) as f:
+        assert "val bpb" in f.read()
+
+
+def run_helper(args, nproc, base_dir):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, NANOCHAT_BASE_DIR=base_dir)
+    helper = os.path.join(REPO, "tests", "dist_train_helper.py")
+    if nproc == 1:
+        cmd = [sys.executable, helper] + args
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", helper,
+               "--"] + args
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+def test_two_gloo_ranks_match_one_process_with_double_accumulation(train_env):
+    from nanochat.checkpoint_manager import load_checkpoint
+    common = ["--device_type=cpu", "--depth=2", "--max_seq_len=32", "--device_batch_size=2", "--total_batch_size=128",
+              "--num_iterations=5", "--eval_every=-1", "--eval_tokens=128", "--core_metric_every=-1",
+              "--sample_every=-1", "--grad_clip=0.0"]
+    single = run_helper(common + ["--model_tag=single"], 1, train_env)
+    assert "gradient accumulation steps: 2" in single
+    double = run_helper(common + ["--model_tag=ddp"], 2, train_env)
+    assert "gradient accumulation steps: 1" in double and "DistMuon" in double
+    ck = os.path.join(train_env, "base_checkpoints")
+    assert os.path.exists(os.path.join(ck, "ddp", "optim_000005_rank1.pt"))  # every rank's shard is saved
+    a, _, meta_a = load_checkpoint(os.path.join(ck, "single"), 5, "cpu")
+    b, _, meta_b = load_checkpoint(os.path.join(ck, "ddp"), 5, "cpu")
+    rel = {key: ((a[key] - b[key]).norm() / a[key].norm().clamp_min(1e-12)).item() for key in a}
+    print(f"max relative parameter difference, 2 ranks vs 1 process: {max(rel.values()):.3e}")
+    assert max(rel.values()) < 1e-5, rel
+    assert meta_a["val_bpb"] == pytest.approx(meta_b["val_bpb"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_on_cpu_matches_eager(train_env):
+    from scripts.base_train import main
+    eager = main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=eager"])
+    compiled = main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=compiled", "--compile=True"])
+    for step in range(3):
+        assert compiled["losses"][step] == pytest.approx(eager["losses"][step], rel=1e-3)

@@ -1,0 +1,148 @@
+"""Checkpoints: layout, atomic saves, completeness, clear errors, model rebuild."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from nanochat import checkpoint_manager as cm
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import save_token_bytes
+
+
+def tiny_model(vocab_size=265):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=16, vocab_size=vocab_size, n_layer=1, n_head=1, n_kv_head=1, n_embd=16))
+    model.init_weights()
+    return model
+
+
+def save_step(d, step, model=None, rank=0, optim=None):
+    model = model or tiny_model()
+    meta = {"step": step, "model_config": model.config.__dict__}
+    cm.save_checkpoint(d, step, model.state_dict(), optim, meta, rank=rank)
+    return model
+
+
+def test_layout_and_round_trip(tmp_path):
+    d = str(tmp_path / "ck")
+    model = tiny_model()
+    optim = [{"state": {}, "param_groups": [{"lr": 0.1}]}]
+    cm.save_checkpoint(d, 7, model.state_dict(), optim, {"step": 7, "model_config": model.config.__dict__},
+                       rank=0, rank_state={"x": 1})
+    assert sorted(os.listdir(d)) == ["meta_000007.json", "model_000007.pt", "optim_000007_rank0.pt",
+                                     "rng_000007_rank0.pt"]
+    model_data, optim_data, meta = cm.load_checkpoint(d, 7, "cpu", load_optimizer=True, rank=0)
+    assert meta["step"] == 7 and optim_data == optim
+    assert all(torch.equal(model_data[k], v) for k, v in model.state_dict().items())
+    assert cm.load_rank_state(d, 7, 0) == {"x": 1} and cm.load_rank_state(d, 7, 1) is None
+    with open(os.path.join(d, "meta_000007.json")) as f:
+        assert json.load(f)["model_config"]["n_embd"] == 16
+
+
+def test_find_last_step_counts_only_complete_checkpoints(tmp_path):
+    d = str(tmp_path)
+    save_step(d, 3)
+    save_step(d, 10)
+    torch.save({}, os.path.join(d, "model_000020.pt"))  # crashed before its meta was written
+    open(os.path.join(d, "model_000030.pt.tmp"), "w").close()
+    assert cm.available_steps(d) == [3, 10]
+    assert cm.find_last_step(d) == 10
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoints .* in "):
+        cm.find_last_step(str(tmp_path / "empty"))
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    d = str(tmp_path)
+    save_step(d, 1)
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_step(d, 2)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(os.listdir(d)) == ["meta_000001.json", "model_000001.pt"]  # no step 2, no .tmp
+    assert cm.find_last_step(d) == 1
+    cm.load_checkpoint(d, 1, "cpu")
+
+
+def test_failed_meta_write_leaves_step_incomplete(tmp_path, monkeypatch):
+    d = str(tmp_path)
+    save_step(d, 1)
+    monkeypatch.setattr(cm.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        save_step(d, 2)
+    assert os.path.exists(os.path.join(d, "model_000002.pt"))
+    assert cm.find_last_step(d) == 1
+
+
+def test_corrupt_files_give_a_clear_error(tmp_path):
+    d = str(tmp_path)
+    save_step(d, 5)
+    path = os.path.join(d, "model_000005.pt")
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(cm.CheckpointError, match=r"model_000005\.pt is corrupt or truncated"):
+        cm.load_checkpoint(d, 5, "cpu")
+    with open(os.path.join(d, "meta_000005.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(cm.CheckpointError, match=r"meta_000005\.json is corrupt"):
+        cm.load_checkpoint(d, 5, "cpu")
+
+
+def test_missing_step_lists_the_available_ones(tmp_path):
+    d = str(tmp_path)
+    save_step(d, 4)
+    save_step(d, 8)
+    with pytest.raises(FileNotFoundError, match=r"step 6 .*available steps: \[4, 8\]"):
+        cm.load_checkpoint(d, 6, "cpu")
+
+
+def test_missing_optimizer_shard_names_the_saved_ranks(tmp_path):
+    d = str(tmp_path)
+    save_step(d, 2, optim=[{}], rank=0)
+    with pytest.raises(FileNotFoundError, match=r"optim_000002_rank1\.pt not found \(shards saved for ranks \[0\]\)"):
+        cm.load_checkpoint(d, 2, "cpu", load_optimizer=True, rank=1)
+
+
+@pytest.mark.parametrize("source,command", [("base", "scripts.base_train"), ("mid", "scripts.mid_train"),
+                                            ("sft", "scripts.chat_sft"), ("rl", "scripts.chat_rl")])
+def test_load_model_without_checkpoints_names_dir_and_stage(base_dir, source, command):
+    with pytest.raises(FileNotFoundError) as e:
+        cm.load_model(source, "cpu", phase="eval")
+    assert cm.SOURCE_DIRS[source][0] in str(e.value) and command in str(e.value)
+
+
+def test_find_largest_model(tmp_path):
+    for tag in ("d4", "d12", "custom"):
+        (tmp_path / tag).mkdir()
+    assert cm.find_largest_model(str(tmp_path)) == "d12"
+
+
+def test_load_model_rebuilds_the_trained_model(base_dir, byte_tokenizer):
+    tok_dir = os.path.join(base_dir, "tokenizer")
+    byte_tokenizer.save(tok_dir)
+    save_token_bytes(byte_tokenizer, tok_dir)
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    state = model.state_dict()
+    state["transformer.wte.weight"] = state["transformer.wte.weight"].bfloat16()  # as saved on CUDA
+    state = {"_orig_mod." + k: v for k, v in state.items()}  # as saved from a compiled model
+    d = os.path.join(base_dir, "base_checkpoints", "d1")
+    cm.save_checkpoint(d, 3, state, None, {"step": 3, "model_config": model.config.__dict__})
+    loaded, tokenizer, meta = cm.load_model("base", "cpu", phase="eval")
+    assert meta["step"] == 3 and not loaded.training
+    assert loaded.transformer.wte.weight.dtype == torch.float32
+    idx = torch.tensor([[256, 72, 105]])
+    model.transformer.wte.weight.data = model.transformer.wte.weight.data.bfloat16().float()
+    assert torch.allclose(loaded(idx), model(idx))
+    with pytest.raises(ValueError, match="vocab size 265 does not match"):
+        cm.save_checkpoint(d, 4, {}, None, {"step": 4, "model_config": dict(model.config.__dict__, vocab_size=300)})
+        cm.load_model("base", "cpu", phase="eval", step=4)
