@@ -135,7 +135,6 @@ def test_two_gloo_ranks_match_one_process_with_double_accumulation(train_env):
     assert meta_a["val_bpb"] == pytest.approx(meta_b["val_bpb"], rel=1e-5)
 
 
-@pytest.mark.slow
 def test_torch_compile_on_cpu_matches_eager(train_env):
     from scripts.base_train import main
     eager = main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=eager"])
