@@ -231,9 +231,17 @@ _MODE_CACHE = {}
 _WARNED = set()
 
 
+def _paths_under_tmp():
+    """The interpreter and this repository, when they live under /tmp: the private tmpfs would hide them."""
+    needed = {REPO_ROOT, sys.prefix, sys.exec_prefix, sys.base_prefix,
+              os.path.dirname(os.path.realpath(sys.executable))}
+    return sorted(p for p in needed if p.startswith("/tmp/"))
+
+
 def _bwrap_prefix():
+    rebinds = [arg for path in _paths_under_tmp() for arg in ("--ro-bind", path, path)]
     return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--size", str(MAX_FILE_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp",
+            "--size", str(MAX_FILE_BYTES), "--tmpfs", "/tmp", *rebinds, "--chdir", "/tmp",
             "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--"]
 
 

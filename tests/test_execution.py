@@ -169,3 +169,10 @@ def test_forced_mode_validation(monkeypatch):
     monkeypatch.setenv("NANOCHAT_SANDBOX", "sometimes")
     with pytest.raises(ValueError, match="auto\\|bwrap\\|unshare\\|none"):
         execute_code("pass")
+
+
+@pytest.mark.skipif(os.environ.get("NANOCHAT_REQUIRE_ISOLATION") != "1",
+                    reason="set NANOCHAT_REQUIRE_ISOLATION=1 where bubblewrap must work (CI does)")
+def test_isolation_is_really_available_where_required():
+    # guards against the isolated tests skipping silently because the sandbox probe broke
+    assert ISOLATED, "bubblewrap is required here but the sandbox probe failed"
