@@ -288,7 +288,7 @@ def summary_table(final_metrics):
     names = set()
     for stage_metrics in final_metrics.values():
         names.update(stage_metrics)
-    names = sorted(names, key=lambda name: (name != "CORE", name == "ChatCORE", name))
+    names = sorted(names, key=lambda name: (not name.startswith("CORE"), name == "ChatCORE", name))
     metric_width, value_width = 15, 8
     lines = ["| " + "Metric".ljust(metric_width) + " |"
              + "".join(f" {stage.upper().ljust(value_width)} |" for stage in SUMMARY_STAGES),
@@ -431,7 +431,11 @@ class Report:
     @staticmethod
     def _section_metrics(file_name, section):
         if file_name == "base-model-evaluation.md":
-            return "base", extract(section, "CORE")
+            found = extract(section, "CORE")
+            partial = re.search(r"CORE over (\d+) of (\d+) tasks", section)
+            if partial and "CORE" in found:  # some task files were missing: never pass it off as CORE
+                found = {f"CORE ({partial.group(1)}/{partial.group(2)})": found["CORE"]}
+            return "base", found
         if file_name == "chat-evaluation-mid.md":
             return "mid", extract(section, chat_metrics)
         if file_name == "chat-evaluation-sft.md":

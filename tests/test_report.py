@@ -351,3 +351,14 @@ def test_cli_rejects_unknown_commands(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nanochat.report", "publish"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_summary_marks_a_partial_core(tmp_path, monkeypatch):
+    from nanochat.report import Report
+    monkeypatch.chdir(tmp_path)  # generate() also copies report.md into the working directory
+    report = Report(str(tmp_path / "report"))
+    report.reset()
+    report.log("Base model evaluation", [{"Model": "base_model (step 10)",
+                                          "CORE over 21 of 22 tasks (coqa skipped, not the full CORE) metric": 0.0414}])
+    text = open(report.generate()).read()
+    assert "| CORE (21/22)    | 0.0414   | -        | -        | -        |" in text
