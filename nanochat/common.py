@@ -9,8 +9,6 @@ import re
 import shutil
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import torch
 import torch.distributed as dist

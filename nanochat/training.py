@@ -304,3 +304,14 @@ def any_rank(flag, device):
     t = torch.tensor(int(flag), device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def setup_optimizers(model, cfg, init_lr_frac=1.0):
+    """The model's [AdamW, Muon] pair with the run's learning rates, every group started at
+    `init_lr_frac` of them (finetuning stages start lower than pretraining)."""
+    optimizers = model.setup_optimizers(unembedding_lr=cfg.unembedding_lr, embedding_lr=cfg.embedding_lr,
+                                        matrix_lr=cfg.matrix_lr, weight_decay=cfg.weight_decay)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] = group["lr"] * init_lr_frac
+    return optimizers

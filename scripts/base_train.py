@@ -32,7 +32,8 @@ from nanochat.training import (LossTracker, apply_schedule, autocast_context, ba
                                compile_model, format_log_line, gather_loader_states, get_report,
                                grad_accum_steps, init_wandb, is_due, load_training_checkpoint, mfu_percent,
                                muon_momentum, num_params, peak_memory_mib, sample_completions,
-                               save_training_checkpoint, synchronize, training_horizon)
+                               save_training_checkpoint, setup_optimizers, synchronize,
+                               training_horizon)
 
 DEFAULTS = dict(
     run="dummy",  # wandb run name; "dummy" disables wandb
@@ -113,8 +114,7 @@ def main(argv=None):
     print0(f"Tokens : Params ratio: {total_tokens / n_params:.2f}")
     print0(f"Total training FLOPs estimate: {flops_per_token * total_tokens:e}")
 
-    optimizers = orig_model.setup_optimizers(unembedding_lr=cfg.unembedding_lr, embedding_lr=cfg.embedding_lr,
-                                             matrix_lr=cfg.matrix_lr, weight_decay=cfg.weight_decay)
+    optimizers = setup_optimizers(orig_model, cfg)
 
     # resume: model, this rank's optimizer shards, RNG, loader position and loop state
     checkpoint_dir = os.path.join(get_base_dir(), "base_checkpoints", cfg.model_tag or f"d{cfg.depth}")

@@ -23,7 +23,7 @@ from nanochat.configurator import configure
 from nanochat.engine import Engine
 from nanochat.policy_gradient import policy_gradient_loss, sample_rollouts
 from nanochat.training import (apply_schedule, autocast_context, get_report, init_wandb, is_due,
-                               linear_decay_lr_multiplier, save_training_checkpoint)
+                               linear_decay_lr_multiplier, save_training_checkpoint, setup_optimizers)
 
 DEFAULTS = dict(
     run="dummy",  # wandb run name; "dummy" disables wandb
@@ -115,11 +115,7 @@ def main(argv=None, train_task=None, val_task=None):
                          "lower examples_per_step or set num_steps")
     print0(f"Steps: {num_steps} | examples/rank/step: {examples_per_rank} | samples/example: {cfg.num_samples}")
 
-    optimizers = model.setup_optimizers(unembedding_lr=cfg.unembedding_lr, embedding_lr=cfg.embedding_lr,
-                                        matrix_lr=cfg.matrix_lr, weight_decay=cfg.weight_decay)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] = group["lr"] * cfg.init_lr_frac
+    optimizers = setup_optimizers(model, cfg, init_lr_frac=cfg.init_lr_frac)
 
     checkpoint_dir = os.path.join(get_base_dir(), "chatrl_checkpoints", f"d{model.config.n_layer}")
     examples = itertools.cycle(range(rank, len(train_task), world_size))  # this rank's questions, forever

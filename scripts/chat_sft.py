@@ -21,13 +21,13 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from nanochat.chat_data import PaddedConversations, nonempty_tasks  # noqa: E402
-from nanochat.training import gather_loader_states  # noqa: E402
 from nanochat.checkpoint_manager import load_model  # noqa: E402
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
                              print0, print_banner)
 from nanochat.configurator import configure  # noqa: E402
-from nanochat.training import (apply_schedule, autocast_context, get_report, init_wandb, is_due,  # noqa: E402
-                               linear_decay_lr_multiplier, load_training_checkpoint, save_training_checkpoint)
+from nanochat.training import (apply_schedule, autocast_context, gather_loader_states, get_report,  # noqa: E402
+                               init_wandb, is_due, linear_decay_lr_multiplier, load_training_checkpoint,
+                               save_training_checkpoint, setup_optimizers)
 from tasks.common import TaskMixture  # noqa: E402
 
 DEFAULTS = dict(
@@ -114,11 +114,7 @@ def main(argv=None, tasks_fn=build_tasks):
                          "examples; lower target_examples_per_step or set num_iterations")
     print0(f"Gradient accumulation steps: {accum_steps}, iterations: {num_iterations}")
 
-    optimizers = model.setup_optimizers(unembedding_lr=cfg.unembedding_lr, embedding_lr=cfg.embedding_lr,
-                                        matrix_lr=cfg.matrix_lr, weight_decay=cfg.weight_decay)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] = group["lr"] * cfg.init_lr_frac
+    optimizers = setup_optimizers(model, cfg, init_lr_frac=cfg.init_lr_frac)
 
     checkpoint_dir = os.path.join(get_base_dir(), "chatsft_checkpoints", f"d{model.config.n_layer}")
     start_step, loader_state, metrics = 0, None, {"val_loss": None, "mmlu_acc": None, "arc_easy_acc": None}

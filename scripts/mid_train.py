@@ -19,17 +19,17 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 import time  # noqa: E402
 
 from nanochat.chat_data import PackedConversations, nonempty_tasks  # noqa: E402
-from nanochat.training import any_rank, gather_loader_states  # noqa: E402
 from nanochat.checkpoint_manager import load_model  # noqa: E402
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
                              print0, print_banner)
 from nanochat.configurator import configure  # noqa: E402
 from nanochat.loss_eval import evaluate_bpb  # noqa: E402
 from nanochat.tokenizer import get_token_bytes  # noqa: E402
-from nanochat.training import (LossTracker, apply_schedule, autocast_context, compile_model,  # noqa: E402
-                               format_log_line, get_report, grad_accum_steps, init_wandb, is_due,
-                               load_training_checkpoint, mfu_percent, mid_lr_multiplier, muon_momentum,
-                               save_training_checkpoint, synchronize)
+from nanochat.training import (LossTracker, any_rank, apply_schedule, autocast_context,  # noqa: E402
+                               compile_model, format_log_line, gather_loader_states, get_report,
+                               grad_accum_steps, init_wandb, is_due, load_training_checkpoint, mfu_percent,
+                               mid_lr_multiplier, muon_momentum, save_training_checkpoint, setup_optimizers,
+                               synchronize)
 from tasks.common import TaskMixture  # noqa: E402
 
 DEFAULTS = dict(
@@ -100,11 +100,7 @@ def main(argv=None, tasks_fn=build_tasks):
     accum_steps = grad_accum_steps(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, world_size)
     print0(f"Total batch size {cfg.total_batch_size:,} => gradient accumulation steps: {accum_steps}")
     token_bytes = get_token_bytes(device=device)
-    optimizers = orig_model.setup_optimizers(unembedding_lr=cfg.unembedding_lr, embedding_lr=cfg.embedding_lr,
-                                             matrix_lr=cfg.matrix_lr, weight_decay=cfg.weight_decay)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] = group["lr"] * cfg.init_lr_frac
+    optimizers = setup_optimizers(orig_model, cfg, init_lr_frac=cfg.init_lr_frac)
 
     train_named, val_named = tasks_fn()
     train_ds, val_ds = TaskMixture(nonempty_tasks(train_named, "train")), TaskMixture(nonempty_tasks(val_named, "val"))

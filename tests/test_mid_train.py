@@ -2,7 +2,6 @@
 
 import os
 
-import pytest
 import torch
 
 from nanochat.checkpoint_manager import save_checkpoint
