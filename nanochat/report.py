@@ -143,7 +143,7 @@ def _repo_source_files(root):
 
 
 def _cxml_dump(root):
-    """The same Claude-XML document files-to-prompt writes, built without it."""
+    """The same `--cxml` document files-to-prompt writes, built without it."""
     chunks = ["<documents>"]
     for index, path in enumerate(_repo_source_files(root), start=1):
         with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
