@@ -19,11 +19,14 @@ def fixed_batches(B, T, split, tokenizer_threads=4, tokenizer_batch_size=128, de
                   **_):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     offset = 0 if split == "train" else 1_000_000
+    if resume_state_dict is not None:
+        # each rank must get back its own position, not rank 0's
+        assert resume_state_dict["rank"] == rank, f"rank {rank} resumed with rank {resume_state_dict['rank']}'s state"
     i = 0 if resume_state_dict is None else resume_state_dict["i"] + 1
     while True:
         g = torch.Generator().manual_seed(offset + i * world + rank)
         tokens = torch.randint(0, 256, (B * T + 1,), generator=g)
-        yield tokens[:-1].view(B, T).to(device), tokens[1:].view(B, T).to(device), {"i": i}
+        yield tokens[:-1].view(B, T).to(device), tokens[1:].view(B, T).to(device), {"i": i, "rank": rank}
         i += 1
 
 

@@ -135,6 +135,25 @@ def test_two_gloo_ranks_match_one_process_with_double_accumulation(train_env):
     assert meta_a["val_bpb"] == pytest.approx(meta_b["val_bpb"], rel=1e-5)
 
 
+def test_two_gloo_ranks_resume_exactly(train_env):
+    """Kill-and-resume under torchrun: every rank gets back its own optimizer shard and loader position."""
+    import shutil
+    import torch
+    common = ["--device_type=cpu", "--depth=2", "--max_seq_len=32", "--device_batch_size=2", "--total_batch_size=128",
+              "--num_iterations=6", "--eval_every=-1", "--eval_tokens=128", "--core_metric_every=-1",
+              "--sample_every=-1"]
+    ck = os.path.join(train_env, "base_checkpoints")
+    run_helper(common + ["--model_tag=full", "--save_every=3"], 2, train_env)
+    os.makedirs(os.path.join(ck, "resumed"))
+    for name in os.listdir(os.path.join(ck, "full")):
+        if "_000003" in name:
+            shutil.copy(os.path.join(ck, "full", name), os.path.join(ck, "resumed", name))
+    run_helper(common + ["--model_tag=resumed", "--resume_from_step=3"], 2, train_env)
+    full = torch.load(os.path.join(ck, "full", "model_000006.pt"), map_location="cpu")
+    resumed = torch.load(os.path.join(ck, "resumed", "model_000006.pt"), map_location="cpu")
+    assert all(torch.equal(full[key], resumed[key]) for key in full)
+
+
 def test_torch_compile_on_cpu_matches_eager(train_env):
     from scripts.base_train import main
     eager = main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=eager"])
