@@ -85,6 +85,18 @@ nc_tee() {
     fi
 }
 
+# nc_run_logged NAME LABEL command... : announce a stage and run it with its output tee'd to the
+# stage's log; sets NC_STATUS (exit code), NC_LOG (log path) and NC_START (start time).
+nc_run_logged() {
+    local name="$1" label="$2"
+    shift 2
+    NC_LOG="$(nc_log_dir)/$name.log"
+    mkdir -p "$(nc_log_dir)"
+    echo "$NC_TAG ==> $name$label: $(nc_print_command "$@")"
+    NC_START=$SECONDS
+    nc_tee "$NC_LOG" "$@"
+}
+
 # run_stage NAME command... : run one pipeline stage (see the top of this file).
 run_stage() {
     local name="$1"
@@ -97,17 +109,11 @@ run_stage() {
         nc_print_command "$@"
         return 0
     fi
-    local log
-    log="$(nc_log_dir)/$name.log"
-    mkdir -p "$(nc_log_dir)"
-    echo "$NC_TAG ==> $name: $(nc_print_command "$@")"
-    local start=$SECONDS status
-    nc_tee "$log" "$@"
-    status=$NC_STATUS
-    if [ "$status" -ne 0 ]; then
-        nc_fail "$name" "$status"
+    nc_run_logged "$name" "" "$@"
+    if [ "$NC_STATUS" -ne 0 ]; then
+        nc_fail "$name" "$NC_STATUS"
     fi
-    echo "$NC_TAG <== $name finished in $((SECONDS - start))s (log: $log)"
+    echo "$NC_TAG <== $name finished in $((SECONDS - NC_START))s (log: $NC_LOG)"
 }
 
 # run_optional_stage NAME command... : like run_stage, but a failure only warns.
@@ -118,17 +124,12 @@ run_optional_stage() {
         run_stage "$name" "$@"
         return 0
     fi
-    local log status
-    log="$(nc_log_dir)/$name.log"
-    mkdir -p "$(nc_log_dir)"
-    echo "$NC_TAG ==> $name (optional): $(nc_print_command "$@")"
-    nc_tee "$log" "$@"
-    status=$NC_STATUS
-    if [ "$status" -ne 0 ]; then
-        echo "$NC_TAG warning: optional stage '$name' failed with exit code $status; continuing (log: $log)" >&2
+    nc_run_logged "$name" " (optional)" "$@"
+    if [ "$NC_STATUS" -ne 0 ]; then
+        echo "$NC_TAG warning: optional stage '$name' failed with exit code $NC_STATUS; continuing (log: $NC_LOG)" >&2
         return 1
     fi
-    echo "$NC_TAG <== $name finished (log: $log)"
+    echo "$NC_TAG <== $name finished in $((SECONDS - NC_START))s (log: $NC_LOG)"
 }
 
 # start_background NAME command... : run a stage in the background (output only in its log).

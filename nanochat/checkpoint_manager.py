@@ -183,7 +183,6 @@ def build_model(checkpoint_dir, step, device, phase):
     assert phase in ("train", "eval"), f"phase must be 'train' or 'eval', got {phase!r}"
     device = torch.device(device)
     model_data, _, meta_data = load_checkpoint(checkpoint_dir, step, device, load_optimizer=False)
-    model_data = _clean_state_dict(model_data, device)
     model_config = GPTConfig(**meta_data["model_config"])
     tokenizer = get_tokenizer()
     if tokenizer.get_vocab_size() != model_config.vocab_size:
@@ -191,13 +190,20 @@ def build_model(checkpoint_dir, step, device, phase):
                          f"{model_config.vocab_size} ({checkpoint_dir}); the tokenizer in "
                          f"{os.path.join(get_base_dir(), 'tokenizer')} is not the one this model was trained with")
     log0(f"Building model with config: {model_config}")
+    return model_from_state_dict(model_config, model_data, device, phase), tokenizer, meta_data
+
+
+def model_from_state_dict(model_config, model_data, device, phase="eval"):
+    """A GPT on `device` holding `model_data` (bf16 tensors become fp32 off CUDA), in train or eval mode."""
+    device = torch.device(device)
+    model_data = _clean_state_dict(model_data, device)
     with torch.device("meta"):
         model = GPT(model_config)
     model.to_empty(device=device)
     model.init_weights()  # builds the rotary tables; the weights are replaced just below
     model.load_state_dict(model_data, strict=True, assign=True)
     model.train() if phase == "train" else model.eval()
-    return model, tokenizer, meta_data
+    return model
 
 
 def find_largest_model(checkpoint_dir):

@@ -90,11 +90,13 @@ class DownloadError(RuntimeError):
 
 
 def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, read_timeout=60.0,
-                    chunk_size=1 << 20, backoff_base=2.0, progress=False, opener=None):
+                    chunk_size=1 << 20, backoff_base=2.0, progress=False, verify=None):
     """
     Stream `url` into `dest_path` via `<dest_path>.tmp` and an atomic rename, so a partial file
-    is never visible under the final name. Retries with exponential backoff. An unreachable host
-    (DNS failure, refused connection) fails after at most two quick attempts instead of hanging.
+    is never visible under the final name. `verify(tmp_path) -> bool` (e.g. a sha256 check) runs
+    before the rename; a failed check counts as a failed attempt. Retries with exponential
+    backoff. An unreachable host (DNS failure, refused connection) fails after at most two quick
+    attempts instead of hanging.
     """
     import requests  # lazy: keeps `import nanochat.common` light
 
@@ -118,6 +120,8 @@ def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, rea
                     bar.close()
                 if total and written != total:
                     raise DownloadError(f"truncated download: got {written} of {total} bytes")
+            if verify is not None and not verify(tmp_path):
+                raise DownloadError("downloaded content failed its check (e.g. sha256 mismatch)")
             os.replace(tmp_path, dest_path)
             return dest_path
         except Exception as e:  # noqa: BLE001 - every failure is retried the same way
@@ -238,6 +242,14 @@ def autodetect_device_type():
         device_type = "cpu"
     print0(f"Autodetected device type: {device_type}")
     return device_type
+
+
+def autocast_context(device_type, dtype="bfloat16"):
+    """bf16 autocast on CUDA (unless dtype="float32"); plain fp32 on every other device."""
+    from contextlib import nullcontext
+    if device_type == "cuda" and dtype == "bfloat16":
+        return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def compute_init(device_type="cuda"):

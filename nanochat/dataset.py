@@ -18,7 +18,6 @@ import io
 import json
 import os
 import sys
-import time
 
 from nanochat.common import DownloadError, get_base_dir, get_data_pack_dir, host_reachable, stream_download
 
@@ -149,12 +148,11 @@ def load_sha256_manifest(path=None):
     return digests
 
 
-def download_single_file(index, base_url=None, data_dir=None, sha256=None, max_attempts=5,
-                         backoff_base=2.0, verify_attempts=3):
+def download_single_file(index, base_url=None, data_dir=None, sha256=None, max_attempts=5, backoff_base=2.0):
     """
     Fetch shard `index` unless it is already present (and matches `sha256`, if given). Returns
-    True on success, False after the retries are spent. The bytes arrive in `<file>.tmp.tmp`, are
-    checked as `<file>.tmp` and only then renamed, so a partial or corrupt `.parquet` is never visible.
+    True on success, False after the retries are spent. The bytes arrive in `<file>.tmp` and are
+    checked before the rename, so a partial or corrupt `.parquet` is never visible.
     """
     from filelock import FileLock
     data_dir = data_dir or get_data_dir()
@@ -168,21 +166,14 @@ def download_single_file(index, base_url=None, data_dir=None, sha256=None, max_a
                 return True
             print(f"{path} does not match its sha256; deleting and downloading it again")
             os.remove(path)
-        tmp_path = path + ".tmp"
-        for attempt in range(1, verify_attempts + 1):
-            try:
-                stream_download(url, tmp_path, max_attempts=max_attempts, backoff_base=backoff_base)
-            except DownloadError as e:
-                print(f"Failed to download {filename}: {e}")
-                return False
-            if sha256 is None or sha256_of(tmp_path) == sha256:
-                os.replace(tmp_path, path)
-                print(f"Downloaded {filename}")
-                return True
-            os.remove(tmp_path)
-            print(f"{filename}: sha256 mismatch (attempt {attempt}/{verify_attempts}); fetching it again")
-            time.sleep(min(backoff_base ** attempt, 30))
-    return False
+        verify = None if sha256 is None else (lambda tmp_path: sha256_of(tmp_path) == sha256)
+        try:
+            stream_download(url, path, max_attempts=max_attempts, backoff_base=backoff_base, verify=verify)
+        except DownloadError as e:
+            print(f"Failed to download {filename}: {e}")
+            return False
+        print(f"Downloaded {filename}")
+        return True
 
 
 def offline_hint(data_dir, base_url):

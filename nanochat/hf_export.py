@@ -15,10 +15,11 @@ The two models compute the same function, so the weight mapping is a pure renami
 
 import json
 import os
-import re
 
 import torch
 
+from nanochat.checkpoint_manager import (SOURCE_DIRS, available_steps, find_largest_model, load_checkpoint,
+                                         model_from_state_dict, save_checkpoint)
 from nanochat.tokenizer import SPECIAL_TOKENS
 
 HF_MODEL_TYPE = "nanochat"
@@ -29,8 +30,7 @@ RMS_NORM_EPS = torch.finfo(torch.float32).eps  # what F.rms_norm uses for float3
 META_FILE = "nanochat_meta.json"
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
             "tokenizer_config.json", "special_tokens_map.json", META_FILE)
-STAGE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
-              "rl": "chatrl_checkpoints"}
+STAGE_DIRS = {source: subdir for source, (subdir, _) in SOURCE_DIRS.items()}
 CHAT_SOURCES = ("mid", "sft", "rl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODEL_CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
@@ -308,25 +308,15 @@ def list_checkpoints(base_dir):
         for tag in sorted(os.listdir(root)):
             tag_dir = os.path.join(root, tag)
             if os.path.isdir(tag_dir):
-                found.extend((source, tag, step) for step in _steps_in(tag_dir))
+                found.extend((source, tag, step) for step in available_steps(tag_dir))
     return found
 
 
-def _steps_in(tag_dir):
-    steps = []
-    for name in os.listdir(tag_dir):
-        m = re.fullmatch(r"model_(\d+)\.pt", name)
-        if m and os.path.exists(os.path.join(tag_dir, f"meta_{int(m.group(1)):06d}.json")):
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
 def _default_tag(root):
-    tags = [t for t in os.listdir(root) if os.path.isdir(os.path.join(root, t)) and _steps_in(os.path.join(root, t))]
-    depth_tags = [t for t in tags if re.fullmatch(r"d\d+", t)]
-    if depth_tags:
-        return max(depth_tags, key=lambda t: int(t[1:]))  # the largest model, as load_model guesses
-    return max(tags, key=lambda t: os.path.getmtime(os.path.join(root, t))) if tags else None
+    try:
+        return find_largest_model(root)  # the largest model, as load_model guesses
+    except FileNotFoundError:
+        return None
 
 
 def resolve_checkpoint(base_dir, source, model_tag=None, step=None):
@@ -335,7 +325,7 @@ def resolve_checkpoint(base_dir, source, model_tag=None, step=None):
         raise HFExportError(f"unknown source {source!r}; choose one of {', '.join(STAGE_DIRS)}")
     root = os.path.join(base_dir, STAGE_DIRS[source])
     tag = model_tag or (_default_tag(root) if os.path.isdir(root) else None)
-    steps = _steps_in(os.path.join(root, tag)) if tag and os.path.isdir(os.path.join(root, tag)) else []
+    steps = available_steps(os.path.join(root, tag)) if tag else []
     if step is None and steps:
         step = steps[-1]
     if step not in steps:
@@ -344,38 +334,6 @@ def resolve_checkpoint(base_dir, source, model_tag=None, step=None):
         listing = "\n".join(f"  --source={s} --model_tag={t} --step={n}" for s, t, n in available) or "  (none)"
         raise FileNotFoundError(f"no checkpoint for {wanted} under {root}. Checkpoints in {base_dir}:\n{listing}")
     return os.path.join(root, tag), step
-
-
-def read_checkpoint(checkpoint_dir, step):
-    """(state_dict, meta) through checkpoint_manager when it exists, else straight from the files."""
-    try:
-        from nanochat.checkpoint_manager import load_checkpoint
-    except ImportError:
-        load_checkpoint = None
-    if load_checkpoint is not None:
-        state_dict, _, meta = load_checkpoint(checkpoint_dir, step, "cpu")
-        return state_dict, meta
-    with open(os.path.join(checkpoint_dir, f"model_{step:06d}.pt"), "rb") as f:
-        state_dict = torch.load(f, map_location="cpu")
-    with open(os.path.join(checkpoint_dir, f"meta_{step:06d}.json"), encoding="utf-8") as f:
-        return state_dict, json.load(f)
-
-
-def write_checkpoint(checkpoint_dir, step, state_dict, meta):
-    try:
-        from nanochat.checkpoint_manager import save_checkpoint
-    except ImportError:
-        save_checkpoint = None
-    if save_checkpoint is not None:
-        save_checkpoint(checkpoint_dir, step, state_dict, None, meta)
-        return
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    for name, write in ((f"model_{step:06d}.pt", lambda f: torch.save(state_dict, f)),
-                        (f"meta_{step:06d}.json", lambda f: f.write(json.dumps(meta, indent=2).encode("utf-8")))):
-        path = os.path.join(checkpoint_dir, name)
-        with open(path + ".tmp", "wb") as f:
-            write(f)
-        os.replace(path + ".tmp", path)  # atomic: never a half-written checkpoint
 
 
 # -----------------------------------------------------------------------------
@@ -432,7 +390,7 @@ def export_checkpoint(source, out_dir, model_tag=None, step=None, dtype="float32
     from nanochat.tokenizer import get_tokenizer
     base_dir = get_base_dir()
     checkpoint_dir, step = resolve_checkpoint(base_dir, source, model_tag, step)
-    state_dict, meta = read_checkpoint(checkpoint_dir, step)
+    state_dict, _, meta = load_checkpoint(checkpoint_dir, step, "cpu")
     if "model_config" not in meta:
         raise HFExportError(f"{checkpoint_dir}/meta_{step:06d}.json has no model_config")
     tokenizer = get_tokenizer()
@@ -502,23 +460,15 @@ def import_hf_dir(hf_dir, source=None, model_tag=None, step=None, force=False):
     _install_tokenizer(enc, os.path.join(base_dir, "tokenizer"))
     meta = {**provenance.get("meta", {}), "step": step, "model_config": model_config,
             "imported_from": os.path.abspath(hf_dir)}
-    write_checkpoint(checkpoint_dir, step, state_dict, meta)
+    save_checkpoint(checkpoint_dir, step, state_dict, None, meta)
     return checkpoint_dir, step
 
 
 def load_hf_dir_as_nanochat(hf_dir, device):
     """Our GPT + RustBPETokenizer from an HF NanoChat dir, ready for eval: (model, tokenizer, meta)."""
-    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.gpt import GPTConfig
     from nanochat.tokenizer import RustBPETokenizer
     state_dict, model_config, enc, provenance = read_hf_dir(hf_dir)
-    device = torch.device(device)
-    with torch.device("meta"):
-        model = GPT(GPTConfig(**model_config))
-    model.to_empty(device=device)
-    model.init_weights()  # builds the rotary tables; weights are replaced just below
-    if device.type != "cuda":
-        state_dict = {k: v.float() for k, v in state_dict.items()}
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    model.eval()
+    model = model_from_state_dict(GPTConfig(**model_config), state_dict, device, phase="eval")
     meta = {**provenance.get("meta", {}), "model_config": model_config}
     return model, RustBPETokenizer(enc, "<|bos|>"), meta

@@ -16,6 +16,7 @@ import threading
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 
+from nanochat.common import autocast_context
 from nanochat.engine import Engine, ReplyDecoder
 
 logger = logging.getLogger(__name__)
@@ -62,13 +63,6 @@ def load_chat_model(source, device, model_tag=None, step=None):
             f"Pick another stage with --source (base|mid|sft|rl) or point NANOCHAT_BASE_DIR at a run.")
     from nanochat.checkpoint_manager import load_model
     return load_model(source, device, phase="eval", model_tag=model_tag, step=step)
-
-
-def autocast_for(device_type, dtype):
-    import torch
-    if device_type == "cuda" and dtype == "bfloat16":
-        return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 # -----------------------------------------------------------------------------
@@ -174,7 +168,7 @@ class WorkerPool:
                 device = torch.device(f"cuda:{gpu_id}")
                 model, tokenizer, _ = load_chat_model(source, device, model_tag, step)
                 self.workers.append(Worker(gpu_id, device, Engine(model, tokenizer), tokenizer,
-                                           autocast_for(device_type, dtype)))
+                                           autocast_context(device_type, dtype)))
                 logger.info(f"Loaded a {source} model on {device}")
             return self
         count = self.num_gpus or 1

@@ -6,30 +6,19 @@ everywhere: device helpers, LR/momentum schedules, batch arithmetic, evaluation 
 smoothing, throughput/MFU, the log line, wandb-or-nothing, checkpoint + exact resume, the report.
 """
 
-import logging
-import os
 import random
 import resource
-from contextlib import nullcontext
 
 import torch
 
-from nanochat.common import DummyWandb, print0
+from nanochat.common import DummyWandb, autocast_context, print0  # noqa: F401  (autocast_context re-exported)
 
-logger = logging.getLogger(__name__)
 
 PEAK_FLOPS_PER_GPU = 989e12  # H100 SXM dense bf16; the MFU reference
 
 
 # -----------------------------------------------------------------------------
 # device helpers: real work on CUDA, harmless no-ops elsewhere
-
-def autocast_context(device_type):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
-    if device_type == "cuda":
-        return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
 
 def synchronize(device_type):
     if device_type == "cuda":
@@ -178,21 +167,8 @@ def init_wandb(run, user_config, master_process, project="nanochat"):
 
 
 def get_report():
-    """The run report (nanochat.report), or a stand-in that only warns when it is unavailable."""
-    try:
-        from nanochat.report import get_report as _get_report
-    except ImportError as e:
-        logger.warning(f"report unavailable ({e}); report sections are skipped")
-        return _NoReport()
+    from nanochat.report import get_report as _get_report
     return _get_report()
-
-
-class _NoReport:
-    def log(self, *args, **kwargs):
-        pass
-
-    def log_metrics(self, *args, **kwargs):
-        pass
 
 
 # -----------------------------------------------------------------------------
@@ -258,32 +234,20 @@ SAMPLE_PROMPTS = [
 
 
 def sample_completions(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens=16):
-    """Greedy completions (prompt included), via the KV-cached Engine when it is available."""
-    try:
-        from nanochat.engine import Engine
-        engine = Engine(model, tokenizer)
-    except ImportError:
-        engine = None
+    """Greedy completions (prompt included), through the KV-cached Engine."""
+    from nanochat.engine import Engine
+    engine = Engine(model, tokenizer)
     bos = tokenizer.get_bos_token_id()
     samples = []
     for prompt in prompts:
         tokens = tokenizer.encode(prompt, prepend=bos)
-        if engine is not None:
-            results, _ = engine.generate_batch(tokens, num_samples=1, max_tokens=max_tokens, temperature=0)
-            ids = results[0]
-        else:
-            ids = tokens + list(model.generate(tokens, max_tokens=max_tokens, temperature=0))
-        samples.append(tokenizer.decode(ids))
+        results, _ = engine.generate_batch(tokens, num_samples=1, max_tokens=max_tokens, temperature=0)
+        samples.append(tokenizer.decode(results[0]))
     return samples
 
 
 def num_params(model):
     return sum(p.numel() for p in model.parameters())
-
-
-def set_cuda_alloc_conf():
-    """Call before the first CUDA allocation: fewer fragmentation OOMs with varying shapes."""
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
 def gather_loader_states(state):

@@ -21,9 +21,7 @@ import tempfile
 import time
 import zipfile
 
-import torch
-
-from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, data_pack_path,
+from nanochat.common import (autocast_context, autodetect_device_type, compute_cleanup, compute_init, data_pack_path,
                              download_file_with_lock, get_base_dir, get_dist_info, print0)
 from nanochat.core_eval import evaluate_task, split_malformed
 
@@ -194,8 +192,7 @@ def main():
 
     device_type = autodetect_device_type()
     ddp, rank, local_rank, world_size, device = compute_init(device_type)
-    autocast_ctx = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" \
-        else torch.autocast(device_type="cpu", enabled=False)
+    autocast_ctx = autocast_context(device_type)
 
     if args.hf_path is not None:
         model, tokenizer = load_hf_model(args.hf_path, device)

@@ -93,7 +93,8 @@ def chat(engine, tokenizer, prompt="", temperature=0.6, top_k=50, read=input, wr
 def main(argv=None):
     from nanochat.common import autodetect_device_type, compute_init
     from nanochat.engine import Engine
-    from nanochat.serving import autocast_for, load_chat_model
+    from nanochat.common import autocast_context
+    from nanochat.serving import load_chat_model
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     _, _, _, _, device = compute_init(device_type)
@@ -104,7 +105,7 @@ def main(argv=None):
         sys.exit(1)
     top_k = args.top_k if args.top_k > 0 else None
     chat(Engine(model, tokenizer), tokenizer, prompt=args.prompt, temperature=args.temperature, top_k=top_k,
-         autocast_ctx=autocast_for(device_type, args.dtype))
+         autocast_ctx=autocast_context(device_type, args.dtype))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ generative tasks (GSM8K, HumanEval, SpellingBee: sample and check), and summaris
 """
 
 import argparse
-from contextlib import nullcontext
 from functools import partial
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import autodetect_device_type, compute_cleanup, compute_init, get_dist_info, print0
+from nanochat.common import (autocast_context, autodetect_device_type, compute_cleanup, compute_init, get_dist_info,
+                             print0)
 from tasks.arc import ARC
 from tasks.gsm8k import GSM8K
 from tasks.humaneval import HumanEval
@@ -176,8 +176,7 @@ def main():
 
     device_type = autodetect_device_type() if args.device_type == "" else args.device_type
     ddp, rank, local_rank, world_size, device = compute_init(device_type)
-    ptdtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
-    autocast_ctx = torch.amp.autocast(device_type="cuda", dtype=ptdtype) if device_type == "cuda" else nullcontext()
+    autocast_ctx = autocast_context(device_type, args.dtype)
 
     model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
     engine = Engine(model, tokenizer)

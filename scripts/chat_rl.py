@@ -95,7 +95,7 @@ def main(argv=None, train_task=None, val_task=None):
     print_banner()
     device_type = cfg.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
-    autocast_ctx = autocast_context(device_type if cfg.dtype == "bfloat16" else "fp32")  # bf16 on CUDA only
+    autocast_ctx = autocast_context(device_type, cfg.dtype)
     wandb_run = init_wandb(cfg.run, user_config, rank == 0, project="nanochat-rl")
     model, tokenizer, _ = load_model(cfg.source, device, phase="eval", model_tag=cfg.model_tag, step=cfg.step)
     engine = Engine(model, tokenizer)

@@ -15,7 +15,6 @@ import os
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before torch touches CUDA
 
-from contextlib import nullcontext  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -94,7 +93,7 @@ def main(argv=None, tasks_fn=build_tasks):
     print_banner()
     device_type = cfg.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
-    autocast_ctx = autocast_context(device_type) if cfg.dtype == "bfloat16" else nullcontext()
+    autocast_ctx = autocast_context(device_type, cfg.dtype)
     wandb_run = init_wandb(cfg.run, user_config, rank == 0, project="nanochat-sft")
     model, tokenizer, _ = load_model(cfg.source, device, phase="train", model_tag=cfg.model_tag, step=cfg.step)
     # not compiled: every batch has a different width

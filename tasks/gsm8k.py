@@ -9,6 +9,15 @@ ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 CALC_RE = re.compile(r"(<<[^>]+>>)")
 
 
+def final_answer_matches(conversation, assistant_response):
+    """1 if the response's '#### <answer>' equals the one ending the reference reply, else 0."""
+    content = conversation["messages"][-1]["content"]
+    last_text = content[-1]["text"] if isinstance(content, list) else content
+    reference = extract_answer(last_text)
+    predicted = extract_answer(assistant_response)
+    return int(predicted is not None and predicted == reference)
+
+
 def extract_answer(completion):
     """The number after '#### ', commas removed; None when there is none."""
     match = ANSWER_RE.search(completion)
@@ -62,11 +71,7 @@ class GSM8K(Task):
     def evaluate(self, conversation, assistant_response):
         """1 if the response's '#### <number>' equals the reference answer, else 0."""
         assert isinstance(assistant_response, str), "GSM8K evaluates a string completion"
-        content = conversation["messages"][-1]["content"]
-        last_text = content[-1]["text"] if isinstance(content, list) else content
-        reference = extract_answer(last_text)
-        predicted = extract_answer(assistant_response)
-        return int(predicted is not None and predicted == reference)
+        return final_answer_matches(conversation, assistant_response)
 
     def reward(self, conversation, assistant_response):
         return float(self.evaluate(conversation, assistant_response))

@@ -9,7 +9,7 @@ import random
 
 from nanochat.common import data_pack_path, download_file_with_lock
 from tasks.common import Task
-from tasks.gsm8k import extract_answer
+from tasks.gsm8k import extract_answer, final_answer_matches  # noqa: F401  (extract_answer re-exported)
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 WORD_LIST_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
@@ -143,9 +143,7 @@ class SpellingBee(Task):
 
     def evaluate(self, conversation, assistant_response):
         assert isinstance(assistant_response, str), "SpellingBee evaluates a string completion"
-        reference = extract_answer(conversation["messages"][-1]["content"][-1]["text"])
-        predicted = extract_answer(assistant_response)
-        return int(predicted is not None and predicted == reference)
+        return final_answer_matches(conversation, assistant_response)
 
     def reward(self, conversation, assistant_response):
         return float(self.evaluate(conversation, assistant_response))

@@ -129,17 +129,3 @@ def test_training_checkpoint_restores_model_optimizers_and_rng(tmp_path):
     assert (random.random(), torch.rand(1)) == expected_rand
     assert train(model2, optimizers2, 3, seed=2) == expected_losses
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
-
-
-def test_report_stand_in_when_report_module_is_missing(monkeypatch):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_report(name, *args, **kwargs):
-        if name == "nanochat.report":
-            raise ImportError("no report module")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_report)
-    report = tr.get_report()
-    report.log(section="x", data=[])  # does nothing, raises nothing
