@@ -1,21 +1,28 @@
 """
 Run model-written Python in a separate, limited process and report what happened.
 
-Layers, outermost first (each used where the host allows it):
-1. OS isolation: bubblewrap (`bwrap`) gives the program a read-only view of the file system, a
-   private tmpfs /tmp as its only writable place, no network, its own PID space, a new session,
-   and dies with us. Without bwrap, `unshare` still removes the network and the PID space.
-2. A pids cgroup caps the number of processes (a fork bomb stalls instead of filling the host) and
-   lets us kill every process the program started, even ones that left our process group.
-3. rlimits: address space (memory), file size, process count (for non-root users), no core dumps.
+The verdict is never the program's to give. The child runs the program and then only answers
+calls to the program's functions with plain data (None, bool, int, float, str, list, tuple, set,
+dict); a task's checks (`judge`) run here in the trusted parent on those values. Whatever the
+program writes, on any channel it holds, can at most choose the values its functions return.
+
+Layers around the child, outermost first (each used where the host allows it):
+1. OS isolation. `bwrap` (bubblewrap), or without it `unshare` plus a chroot, shows the program a
+   read-only file system holding only the interpreter (its prefixes, /usr, /lib*, /bin, two /etc
+   files), a private 64 MiB /tmp as its only writable place, no network, its own PID space. Root
+   is dropped to `nobody` first: namespaces alone leave root its power over host files.
+2. A pids cgroup caps the number of processes and lets us kill all of them.
+3. rlimits: address space (memory), file size, process count, no core dumps.
 4. Inside the child, `reliability_guard` removes destructive functions (os.system, shutil.rmtree,
-   ...). That alone is not isolation (other modules reach the same system calls), which is why it
-   is the last layer, not the only one.
-The parent enforces the wall-time limit, caps what it reads from the child, and kills the whole
-process tree on timeout. Set NANOCHAT_SANDBOX=bwrap|unshare|none to force a mode (default: auto).
+   ...). Not isolation (other modules reach the same system calls), hence the last layer.
+The child starts with a minimal environment (no secrets) in a scratch home. The parent enforces
+the wall-time limit, caps the output it reads and kills the whole process tree at the end.
+NANOCHAT_SANDBOX=bwrap|unshare|none forces a mode (default auto: bwrap, then unshare; when
+neither works, root is refused rather than run untrusted code unisolated, unless it asks for none).
 """
 
 import contextlib
+import errno
 import faulthandler
 import io
 import json
@@ -30,16 +37,18 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 logger = logging.getLogger(__name__)
 
-MAX_OUTPUT_CHARS = 1 << 20          # captured stdout/stderr kept per stream (1 MiB of text)
-MAX_RAW_OUTPUT_BYTES = 4 << 20      # raw bytes read from the child's fds before it is killed
-MAX_FILE_BYTES = 64 << 20           # RLIMIT_FSIZE and the size of the sandbox tmpfs
-MAX_PROCESSES = 64                  # pids cgroup / RLIMIT_NPROC
+MAX_OUTPUT_CHARS = 1 << 20                 # stdout/stderr kept per stream, in characters
+MAX_RAW_OUTPUT_BYTES = 4 * MAX_OUTPUT_CHARS  # bytes read per stream before the child is killed (UTF-8: <= 4 per char)
+MAX_REPLY_BYTES = 16 << 20                 # one reply of plain data from the child
+MAX_FILE_BYTES = 64 << 20                  # RLIMIT_FSIZE and the size of the sandbox /tmp
+MAX_PROCESSES = 64                         # pids cgroup / RLIMIT_NPROC
 JOIN_GRACE_SECONDS = 1.0
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOBODY = 65534                             # the conventional unprivileged uid/gid (nobody/nogroup)
+MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 
 @dataclass
@@ -67,13 +76,9 @@ class ExecutionResult:
 
 
 # -----------------------------------------------------------------------------
-# In-child helpers (the public surface of the original harness)
+# In-process helpers (the public surface of the original harness)
 
 class TimeoutException(Exception):
-    pass
-
-
-class OutputLimitExceeded(Exception):
     pass
 
 
@@ -88,19 +93,6 @@ def time_limit(seconds: float):
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-class _CappedStringIO(io.StringIO):
-    """A StringIO that refuses to grow past `limit` characters (an output flood ends the run)."""
-
-    def __init__(self, limit=MAX_OUTPUT_CHARS):
-        super().__init__()
-        self.limit = limit
-
-    def write(self, s):
-        if self.tell() + len(s) > self.limit:
-            raise OutputLimitExceeded(f"output exceeded {self.limit} characters")
-        return super().write(s)
 
 
 class WriteOnlyStringIO(io.StringIO):
@@ -125,7 +117,7 @@ class redirect_stdin(contextlib._RedirectStream):  # type: ignore
 
 @contextlib.contextmanager
 def capture_io():
-    stdout_capture, stderr_capture = _CappedStringIO(), _CappedStringIO()
+    stdout_capture, stderr_capture = io.StringIO(), io.StringIO()
     stdin_block = WriteOnlyStringIO()
     with contextlib.redirect_stdout(stdout_capture):
         with contextlib.redirect_stderr(stderr_capture):
@@ -185,77 +177,184 @@ def reliability_guard(maximum_memory_bytes: Optional[int] = None):
         sys.modules[module] = None
 
 
-def _unsafe_execute(code, timeout, maximum_memory_bytes, result_dict):
-    """Runs in the child: exec the program in a temp dir under the guard; fill result_dict."""
-    with create_tempdir():
-        # the guard removes these; the temp dir cleanup needs them back
-        rmtree, rmdir, chdir_, unlink = shutil.rmtree, os.rmdir, os.chdir, os.unlink
-        reliability_guard(maximum_memory_bytes=maximum_memory_bytes)
-        result_dict.update(success=False, stdout="", stderr="", error="Execution did not finish",
-                           timeout=False, memory_exceeded=False)
-        try:
-            with capture_io() as (stdout_capture, stderr_capture):
-                with time_limit(timeout):
-                    exec(code, {})
-            result_dict.update(success=True, error=None, stdout=stdout_capture.getvalue(),
-                               stderr=stderr_capture.getvalue())
-        except TimeoutException:
-            result_dict.update(timeout=True, error="Execution timed out")
-        except MemoryError as e:
-            result_dict.update(memory_exceeded=True, error=f"Memory limit exceeded: {e}")
-        except OutputLimitExceeded as e:
-            result_dict.update(error=f"Output limit exceeded: {e}")
-        except BaseException as e:  # noqa: BLE001 - the program may raise anything, SystemExit included
-            result_dict.update(error=f"{type(e).__name__}: {e}")
-        shutil.rmtree, os.rmdir, os.chdir, os.unlink = rmtree, rmdir, chdir_, unlink
+# -----------------------------------------------------------------------------
+# Plain data across the boundary: JSON with tagged containers (JSON alone turns tuples into lists)
+
+_CONTAINERS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 
-def _child_main():
-    """Entry point of the sandboxed interpreter: config in argv[1], program on stdin, result on a pipe fd."""
-    config = json.loads(sys.argv[1])
-    code = sys.stdin.read()
-    write, exit_now, result_fd = os.write, os._exit, config["result_fd"]
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized file write raises instead of killing us
-    result = {}
-    _unsafe_execute(code, config["timeout"], config["maximum_memory_bytes"], result)
-    payload = json.dumps(result).encode("utf-8")
-    while payload:
-        payload = payload[write(result_fd, payload):]
-    exit_now(0)
+def _to_plain(value):
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if type(value) is dict:
+        return {"dict": [[_to_plain(k), _to_plain(v)] for k, v in value.items()]}
+    for tag, kind in _CONTAINERS.items():
+        if type(value) is kind:
+            return {tag: [_to_plain(item) for item in value]}
+    raise TypeError(f"{type(value).__name__} values cannot cross the sandbox boundary (plain data only)")
+
+
+def _from_plain(data):
+    """Only builtin values come out, whatever the input: no object of the program's making."""
+    if isinstance(data, dict):
+        [(tag, items)] = data.items()
+        if tag == "dict":
+            return {_from_plain(k): _from_plain(v) for k, v in items}
+        return _CONTAINERS[tag](_from_plain(item) for item in items)
+    if isinstance(data, list):
+        raise ValueError("untagged list")
+    return data
 
 
 # -----------------------------------------------------------------------------
-# Isolation probes (cached per process)
+# The child
 
-_MODE_CACHE = {}
+def _outcome(step):
+    """Run one step of the program; the reply that describes it."""
+    try:
+        return {"value": step()}
+    except BaseException as e:  # noqa: BLE001 - the program may raise anything, SystemExit included
+        out_of_memory = isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM)
+        prefix = "Memory limit exceeded: " if out_of_memory else ""
+        return {"error": f"{prefix}{type(e).__name__}: {e}", "memory_exceeded": out_of_memory}
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+
+def _child_main():
+    """The sandboxed interpreter: requests arrive on stdin, one JSON line each; replies go to reply_fd."""
+    config = json.loads(sys.argv[1])
+    requests, reply_fd, write, exit_now = os.fdopen(0, "rb"), config["reply_fd"], os.write, os._exit
+    os.chdir(os.environ["HOME"])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized file write raises instead of killing us
+    reliability_guard(config["maximum_memory_bytes"])
+    sys.stdin = WriteOnlyStringIO()
+    namespace = {}
+    for line in requests:
+        request = json.loads(line)
+        if "code" in request:
+            reply = _outcome(lambda: exec(request["code"], namespace))
+        else:
+            reply = _outcome(lambda: _to_plain(namespace[request["call"]](*_from_plain(request["args"]))))
+        payload = (json.dumps(reply, ensure_ascii=False) + "\n").encode("utf-8", errors="replace")
+        while payload:
+            payload = payload[write(reply_fd, payload):]
+    exit_now(0)
+
+
+def _child_program():
+    """The child runs this file's own source: the sandbox shows it nothing of the repository."""
+    with open(__file__, encoding="utf-8") as source:
+        return source.read() + "\n_child_main()\n"
+
+
+# -----------------------------------------------------------------------------
+# Isolation
+
+# Runs as (namespace) root in fresh mount, PID, network, IPC and UTS namespaces: builds the
+# sandbox root on a tmpfs over $1 and chroots into it. Arguments: root, /tmp size, view paths, --, command.
+_CHROOT_SCRIPT = r"""
+set -e; umask 022
+root=$1 tmp_bytes=$2; shift 2
+mount -t tmpfs -o size=1m,mode=755 sandbox "$root"
+mkdir "$root/tmp" "$root/proc" "$root/dev"
+mount -t tmpfs -o size="$tmp_bytes",mode=1777 sandbox "$root/tmp"
+mount -t proc proc "$root/proc"
+for dev in null zero full random urandom; do : > "$root/dev/$dev"; mount --bind "/dev/$dev" "$root/dev/$dev"; done
+while [ "$1" != -- ]; do
+  if [ -d "$1" ]; then mkdir -p "$root$1"; else mkdir -p "$root${1%/*}"; : > "$root$1"; fi
+  mount --bind "$1" "$root$1"; mount -o remount,bind,ro "$root$1"
+  shift
+done
+shift
+mount -o remount,ro "$root"
+exec chroot "$root" "$@"
+"""
+
+
+def _view():
+    """The host paths the interpreter needs, shown read-only in the sandbox; nothing else of the host is."""
+    wanted = {"/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime",
+              sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    wanted = {path for path in wanted if os.path.exists(path)}
+    return sorted(path for path in wanted if not any(path.startswith(other + "/") for other in wanted))
+
+
+def _drop_privileges(mode):
+    """What runs the program unprivileged: namespaces leave root (or a namespace's root) its powers."""
+    if os.geteuid() == 0:
+        return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs", "--"]
+    if mode == "unshare":
+        return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    return []  # unprivileged bwrap already runs the program as the caller, without capabilities
+
+
+def _isolation_prefix(mode, home):
+    """The command line that wraps the interpreter in `mode`; `home` is a scratch directory on the host."""
+    if mode == "none":
+        return []
+    if mode == "unshare":
+        user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+        return [shutil.which("unshare") or "unshare", *user, "--mount", "--net", "--pid", "--ipc", "--uts",
+                "--fork", "--kill-child", "--", "sh", "-c", _CHROOT_SCRIPT, "sh", home, str(MAX_FILE_BYTES),
+                *_view(), "--", *_drop_privileges(mode)]
+    view = _view()
+    parents = {os.path.dirname(path) for path in view}
+    while any(os.path.dirname(p) not in parents | {"/"} for p in parents):
+        parents |= {os.path.dirname(p) for p in parents}
+    parents = sorted(parents - {"/"})
+    args = [shutil.which("bwrap") or "bwrap", "--size", str(MAX_FILE_BYTES), "--tmpfs", "/tmp", "--chmod", "1777", "/tmp"]
+    for parent in parents:  # bwrap would create them 0700, closed to nobody
+        args += ["--perms", "0755", "--dir", parent]
+    for path in view:
+        args += ["--ro-bind", path, path]
+    args += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc", "--remount-ro", "/",
+             "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+             "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if os.geteuid() == 0:  # no user namespace for root: setpriv needs these two to become nobody
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    return args + ["--", *_drop_privileges(mode)]
+
+
+def _environment(mode, home):
+    """Everything the child inherits from us: no secrets (API keys, tokens) of the caller's environment."""
+    return {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8", "HOME": home if mode == "none" else "/tmp"}
+
+
+_WORKS = {}
 _WARNED = set()
 
 
-def _paths_under_tmp():
-    """The interpreter and this repository, when they live under /tmp: the private tmpfs would hide them."""
-    needed = {REPO_ROOT, sys.prefix, sys.exec_prefix, sys.base_prefix,
-              os.path.dirname(os.path.realpath(sys.executable))}
-    return sorted(p for p in needed if p.startswith("/tmp/"))
+def _works(mode):
+    """Does `mode` start the interpreter here? (probed once per PATH)"""
+    key = (mode, os.environ.get("PATH"))
+    if key not in _WORKS:
+        home = tempfile.mkdtemp(prefix="nanochat-probe-")
+        try:
+            done = shutil.which(mode) and subprocess.run(
+                _isolation_prefix(mode, home) + [sys.executable, "-I", "-c", "pass"], cwd=home,
+                env=_environment(mode, home), capture_output=True, timeout=20)
+            _WORKS[key] = bool(done) and done.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _WORKS[key] = False
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    return _WORKS[key]
 
 
-def _bwrap_prefix():
-    rebinds = [arg for path in _paths_under_tmp() for arg in ("--ro-bind", path, path)]
-    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--size", str(MAX_FILE_BYTES), "--tmpfs", "/tmp", *rebinds, "--chdir", "/tmp",
-            "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--"]
-
-
-def _unshare_prefix():
-    extra = [] if os.geteuid() == 0 else ["--map-root-user"]
-    return ["unshare", *extra, "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
-
-
-def _probe(prefix):
-    try:
-        done = subprocess.run(prefix + [sys.executable, "-c", "pass"], capture_output=True, timeout=20)
-        return done.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+def _warn_once(mode):
+    if mode == "bwrap" or mode in _WARNED:
+        return
+    _WARNED.add(mode)
+    who = "as nobody" if os.geteuid() == 0 else "without capabilities"
+    if mode == "unshare":
+        what = f"the program runs {who} in a read-only chroot holding only the interpreter, without network"
+    else:
+        what = (f"no OS isolation, only rlimits and the in-process guard: the program runs as uid {os.geteuid()} and "
+                "can read and write what that user can, and use the network")
+    logger.warning(f"Code sandbox mode {mode!r}: {what}. For full isolation install bubblewrap (apt-get install bubblewrap).")
 
 
 def isolation_mode(requested=None):
@@ -263,27 +362,18 @@ def isolation_mode(requested=None):
     requested = requested or os.environ.get("NANOCHAT_SANDBOX", "auto")
     if requested not in ("auto", "bwrap", "unshare", "none"):
         raise ValueError(f"NANOCHAT_SANDBOX must be auto|bwrap|unshare|none, got {requested!r}")
-    if requested in _MODE_CACHE:
-        return _MODE_CACHE[requested]
-    candidates = {"auto": ["bwrap", "unshare"], "bwrap": ["bwrap"], "unshare": ["unshare"], "none": []}[requested]
-    mode = "none"
-    for candidate in candidates:
-        prefix = _bwrap_prefix() if candidate == "bwrap" else _unshare_prefix()
-        if shutil.which(prefix[0]) and _probe(prefix):
-            mode = candidate
-            break
-    if requested in ("bwrap", "unshare") and mode == "none":
+    candidates = {"auto": ["bwrap", "unshare"], "bwrap": ["bwrap"], "unshare": ["unshare"], "none": ["none"]}[requested]
+    mode = next((c for c in candidates if c == "none" or _works(c)), None)
+    if mode is None and requested != "auto":
         raise RuntimeError(f"NANOCHAT_SANDBOX={requested} but `{requested}` does not work here "
                            "(install the Debian package bubblewrap, or use NANOCHAT_SANDBOX=auto)")
-    if mode != "bwrap" and mode not in _WARNED:
-        _WARNED.add(mode)
-        what = "network and PID isolation only (no read-only file system)" if mode == "unshare" else \
-            "rlimits and the in-process guard only: untrusted code can still reach the file system and network"
-        logger.warning(f"Code sandbox mode {mode!r}: {what}. For full isolation install bubblewrap (apt-get install bubblewrap).")
-    _MODE_CACHE[requested] = mode
+    if mode is None and os.geteuid() == 0:
+        raise RuntimeError("No code sandbox works here (neither bubblewrap nor unshare) and this process runs as "
+                           "root: refusing to run untrusted code as root without isolation. Install bubblewrap "
+                           "(apt-get install bubblewrap), or set NANOCHAT_SANDBOX=none to run it unisolated anyway.")
+    mode = mode or "none"
+    _warn_once(mode)
     return mode
-
-
 class _PidsCgroup:
     """A throwaway pids cgroup (v1 or v2) when the host lets us create one; otherwise inert."""
 
@@ -352,6 +442,14 @@ def process_cap_available():
     return capped or os.geteuid() != 0
 
 
+def process_cap_available():
+    """Is a runaway fork bomb capped here? (a pids cgroup, or RLIMIT_NPROC, which root ignores)"""
+    cgroup = _PidsCgroup(MAX_PROCESSES)
+    capped = cgroup.path is not None
+    cgroup.kill_all()
+    return capped or os.geteuid() != 0
+
+
 def _limit_child(cgroup, maximum_memory_bytes):
     """preexec_fn: rlimits and cgroup membership for the child and everything it starts."""
     import resource
@@ -370,102 +468,193 @@ def _limit_child(cgroup, maximum_memory_bytes):
 # -----------------------------------------------------------------------------
 # Parent side
 
+class SandboxCallError(Exception):
+    """A function of the program raised (or returned something other than plain data) in the sandbox."""
+
+
+class _SandboxFailed(BaseException):
+    """The run is over: timeout, crash, output flood, or a malformed reply. A BaseException, so a
+    judge's `except Exception` cannot swallow it (and it is recorded on the sandbox besides)."""
+
+    def __init__(self, error, timeout=False):
+        super().__init__(error)
+        self.timeout = timeout
+
+
+class _Sandbox:
+    """One sandboxed child: runs the program, then answers calls to its functions with plain data."""
+
+    def __init__(self, mode, timeout, maximum_memory_bytes):
+        self.deadline = time.monotonic() + timeout + JOIN_GRACE_SECONDS
+        self.home = tempfile.mkdtemp(prefix="nanochat-exec-")
+        self.cgroup = _PidsCgroup(MAX_PROCESSES)
+        self.failure, self.memory_exceeded = None, False
+        reply_r, reply_w = os.pipe()
+        config = json.dumps(dict(reply_fd=reply_w, maximum_memory_bytes=maximum_memory_bytes))
+        try:
+            self.proc = subprocess.Popen(
+                _isolation_prefix(mode, self.home) + [sys.executable, "-I", "-c", _child_program(), config],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(reply_w,),
+                start_new_session=True, cwd=self.home, env=_environment(mode, self.home),
+                preexec_fn=lambda: _limit_child(self.cgroup, maximum_memory_bytes))
+        except OSError:
+            os.close(reply_r)
+            self.close()
+            raise
+        finally:
+            os.close(reply_w)
+        self.reply_fd, self.stdin_fd = reply_r, self.proc.stdin.fileno()
+        os.set_blocking(self.stdin_fd, False)
+        self.received = {fd: bytearray() for fd in (reply_r, self.proc.stdout.fileno(), self.proc.stderr.fileno())}
+        self.selector = selectors.DefaultSelector()
+        for fd in self.received:
+            self.selector.register(fd, selectors.EVENT_READ)
+
+    def __getitem__(self, name):
+        """The program's function `name`, called in the sandbox: plain data in, plain data out."""
+        def call(*args):
+            reply = self.request({"call": name, "args": _to_plain(args)})
+            if "error" in reply:
+                raise SandboxCallError(f"{name}() raised {reply['error']}")
+            return self._decoded(lambda: _from_plain(reply["value"]))
+        call.__name__ = name
+        return call
+
+    def request(self, message):
+        """Send one request and wait for its reply; a dict with "value", or "error" (+ "memory_exceeded")."""
+        try:
+            pending = json.dumps(message).encode("utf-8", errors="replace") + b"\n"
+            self.selector.register(self.stdin_fd, selectors.EVENT_WRITE)
+            while b"\n" not in self.received[self.reply_fd]:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _SandboxFailed("Execution timed out (process killed)", timeout=True)
+                for key, _ in self.selector.select(remaining):
+                    if key.fd != self.stdin_fd:
+                        self._read(key.fd, expect_end=False)
+                        continue
+                    try:
+                        pending = pending[os.write(self.stdin_fd, pending):]
+                    except BrokenPipeError:
+                        pending = b""  # the child is gone; its reply channel's end says how
+                    if not pending:
+                        self.selector.unregister(self.stdin_fd)
+            line, _, rest = self.received[self.reply_fd].partition(b"\n")
+            self.received[self.reply_fd] = bytearray(rest)
+            reply = self._decoded(lambda: json.loads(line))
+            if not isinstance(reply, dict) or not ("value" in reply or isinstance(reply.get("error"), str)):
+                raise _SandboxFailed("Malformed reply from the sandbox")
+            self.memory_exceeded |= reply.get("memory_exceeded") is True
+            return reply
+        except _SandboxFailed as failure:
+            self.failure = self.failure or failure
+            raise
+        finally:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.stdin_fd)
+
+    def _decoded(self, decode):
+        try:
+            return decode()
+        except Exception:  # noqa: BLE001 - the child may send anything
+            raise _SandboxFailed("Malformed reply from the sandbox")
+
+    def _read(self, fd, expect_end):
+        data = os.read(fd, 1 << 16)
+        if not data:
+            self.selector.unregister(fd)
+            if fd == self.reply_fd and not expect_end:
+                raise _SandboxFailed(self._crash_report())
+            return
+        self.received[fd] += data
+        limit = MAX_REPLY_BYTES if fd == self.reply_fd else MAX_RAW_OUTPUT_BYTES
+        if len(self.received[fd]) > limit:
+            raise _SandboxFailed(f"Output limit exceeded: more than {limit} bytes")
+
+    def _crash_report(self):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(0.05, min(1.0, self.deadline - time.monotonic())))
+        status = self.proc.returncode
+        # bwrap reports a child killed by a signal as 128 + its number
+        signum = -status if status is not None and status < 0 else (status - 128 if status and status > 128 else None)
+        how = (f"killed by {signal.Signals(signum).name}" if signum in signal.valid_signals() else
+               f"exit status {status}" if status is not None else "it closed its result channel")
+        stderr = self._text(self.proc.stderr.fileno()).strip()
+        return f"Program crashed ({how})" + (f": {stderr[-500:]}" if stderr else "")
+
+    def _text(self, fd):
+        return bytes(self.received[fd]).decode("utf-8", errors="replace")
+
+    def finish(self):
+        """End the run: the child exits once its requests end; (stdout, stderr) of a clean exit."""
+        self.proc.stdin.close()
+        while self.selector.get_map():
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise _SandboxFailed("Execution timed out (process killed)", timeout=True)
+            for key, _ in self.selector.select(remaining):
+                self._read(key.fd, expect_end=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(0.05, self.deadline - time.monotonic()))
+        if self.proc.returncode != 0:
+            raise _SandboxFailed(self._crash_report())
+        stdout, stderr = self._text(self.proc.stdout.fileno()), self._text(self.proc.stderr.fileno())
+        if max(len(stdout), len(stderr)) > MAX_OUTPUT_CHARS:
+            raise _SandboxFailed(f"Output limit exceeded: more than {MAX_OUTPUT_CHARS} characters")
+        return stdout, stderr
+
+    def close(self):
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.cgroup.kill_all()
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=5)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                with contextlib.suppress(Exception):
+                    stream.close()
+        if hasattr(self, "selector"):
+            self.selector.close()
+            os.close(self.reply_fd)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
 def execute_code(code: str, timeout: float = 5.0, maximum_memory_bytes: Optional[int] = 256 * 1024 * 1024,
-                 isolation: Optional[str] = None) -> ExecutionResult:
+                 isolation: Optional[str] = None, judge: Optional[Callable] = None) -> ExecutionResult:
     """
     Execute `code` in a sandboxed child process; never raises for anything the program does.
     `isolation` (auto|bwrap|unshare|none) overrides NANOCHAT_SANDBOX for this call.
+
+    Without `judge`, success means the program ran to its end without raising; the program itself
+    reports that, so it is no verdict on untrusted code. With `judge`, the verdict: after the
+    program's top level ran, `judge(functions)` runs here, where `functions[name]` calls the
+    program's function `name` in the sandbox (plain data in and out, `SandboxCallError` when it
+    raises); success means the judge returned, nothing in the sandbox failed, and the child exited.
     """
     mode = isolation_mode(isolation)
-    prefix = {"bwrap": _bwrap_prefix, "unshare": _unshare_prefix, "none": lambda: []}[mode]()
-    result_r, result_w = os.pipe()
-    config = dict(timeout=timeout, maximum_memory_bytes=maximum_memory_bytes, result_fd=result_w)
-    runner = (f"import sys; sys.path.insert(0, {REPO_ROOT!r}); "
-              "from nanochat.execution import _child_main; _child_main()")
-    argv = prefix + [sys.executable, "-I", "-c", runner, json.dumps(config)]
-    cgroup = _PidsCgroup(MAX_PROCESSES)
-    cwd = tempfile.mkdtemp(prefix="nanochat-exec-") if mode != "bwrap" else "/"
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(result_w,), start_new_session=True, cwd=cwd,
-                                preexec_fn=lambda: _limit_child(cgroup, maximum_memory_bytes))
+        sandbox = _Sandbox(mode, timeout, maximum_memory_bytes)
     except OSError as e:
-        os.close(result_r)
-        os.close(result_w)
-        cgroup.kill_all()
-        shutil.rmtree(cwd, ignore_errors=True) if cwd != "/" else None
         return ExecutionResult(False, "", "", error=f"Could not start the sandbox: {e}")
-    os.close(result_w)
     try:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            proc.stdin.write(code.encode("utf-8", errors="replace"))
-        with contextlib.suppress(BrokenPipeError, OSError):
-            proc.stdin.close()
-        outcome = _collect(proc, result_r, deadline=time.monotonic() + timeout + JOIN_GRACE_SECONDS)
+        reply = sandbox.request({"code": code})
+        if "error" not in reply and judge is not None:
+            try:
+                judge(sandbox)
+            except Exception as e:  # noqa: BLE001 - a failed check, whatever its kind
+                reply = {"error": f"{type(e).__name__}: {e}"}
+            if sandbox.failure is not None:
+                raise sandbox.failure
+        if "error" in reply:
+            return ExecutionResult(False, "", "", error=reply["error"], memory_exceeded=sandbox.memory_exceeded)
+        stdout, stderr = sandbox.finish()
+        return ExecutionResult(True, stdout, stderr)
+    except _SandboxFailed as failure:
+        return ExecutionResult(False, "", "", error=str(failure), timeout=failure.timeout,
+                               memory_exceeded=sandbox.memory_exceeded)
     finally:
-        _kill_tree(proc, cgroup)
-        os.close(result_r)
-        if cwd != "/":
-            shutil.rmtree(cwd, ignore_errors=True)
-    return _to_result(*outcome)
-
-
-def _collect(proc, result_fd, deadline):
-    """Read the child's result pipe (and bounded stdout/stderr) until it finishes, floods, or runs out of time."""
-    buffers = {result_fd: bytearray(), proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    selector = selectors.DefaultSelector()
-    for fd in buffers:
-        selector.register(fd, selectors.EVENT_READ)
-    status = "ok"
-    try:
-        while result_fd in {key.fd for key in selector.get_map().values()}:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                status = "timeout"
-                break
-            for key, _ in selector.select(remaining):
-                data = os.read(key.fd, 1 << 16)
-                if not data:
-                    selector.unregister(key.fd)
-                    continue
-                buffers[key.fd] += data
-            if sum(len(b) for b in buffers.values()) > MAX_RAW_OUTPUT_BYTES:
-                status = "flood"
-                break
-        if status == "ok":
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.05, deadline - time.monotonic()))
-    finally:
-        selector.close()
-    stderr_tail = bytes(buffers[proc.stderr.fileno()][-4000:]).decode("utf-8", errors="replace")
-    return status, bytes(buffers[result_fd]), stderr_tail
-
-
-def _kill_tree(proc, cgroup):
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    cgroup.kill_all()
-    with contextlib.suppress(Exception):
-        proc.kill()
-    with contextlib.suppress(Exception):
-        proc.wait(timeout=5)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        with contextlib.suppress(Exception):
-            stream.close()
-
-
-def _to_result(status, payload, stderr_tail):
-    if status == "timeout":
-        return ExecutionResult(False, "", "", error="Execution timed out (process killed)", timeout=True)
-    if status == "flood":
-        return ExecutionResult(False, "", "", error=f"Output limit exceeded: more than {MAX_RAW_OUTPUT_BYTES} bytes")
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        data = None
-    if not isinstance(data, dict) or "success" not in data:
-        detail = f": {stderr_tail.strip()[-500:]}" if stderr_tail.strip() else ""
-        return ExecutionResult(False, "", "", error=f"Execution failed (no result returned){detail}", timeout=True)
-    return ExecutionResult(success=bool(data["success"]), stdout=str(data.get("stdout", "")),
-                           stderr=str(data.get("stderr", "")), error=data.get("error"),
-                           timeout=bool(data.get("timeout")), memory_exceeded=bool(data.get("memory_exceeded")))
+        sandbox.close()

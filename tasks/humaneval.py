@@ -1,4 +1,4 @@
-"""HumanEval: write a Python function from its docstring; judged by running the unit tests in a sandbox."""
+"""HumanEval: write a Python function from its docstring; the unit tests call it in a sandbox."""
 
 import re
 
@@ -50,7 +50,15 @@ class HumanEval(Task):
         return {"messages": messages, "entry_point": row["entry_point"], "test": row["test"]}
 
     def evaluate(self, conversation, completion):
-        imports = extract_imports(conversation["messages"][0]["content"])
-        program = (imports + "\n\n" + extract_program(completion) + "\n\n"
-                   + conversation["test"] + "\n" + f"check({conversation['entry_point']})")
-        return execute_code(program).success
+        prompt, entry_point = conversation["messages"][0]["content"], conversation["entry_point"]
+        program = extract_imports(prompt) + "\n\n" + extract_program(completion)
+
+        def judge(functions):
+            # the dataset's prompt (helpers such as poly) and tests are trusted and run here; only
+            # the candidate runs in the sandbox, so the program cannot reach the verdict
+            namespace = {}
+            exec(prompt + "\n\n" + conversation["test"], namespace)
+            namespace[entry_point] = functions[entry_point]
+            namespace["check"](namespace[entry_point])
+
+        return execute_code(program, judge=judge).success

@@ -1,20 +1,27 @@
-"""The code sandbox: right answers pass, wrong ones fail, hostile programs are contained."""
+"""The code sandbox: right answers pass, wrong ones fail, forged verdicts score 0, hostile programs are contained."""
 
+import ast
 import os
-import pathlib
-import shutil
-import socket
-import tempfile
-import threading
-import time
 
 import pytest
 
-from nanochat.execution import (ExecutionResult, WriteOnlyStringIO, capture_io, create_tempdir, execute_code,
-                                isolation_mode, process_cap_available, reliability_guard, time_limit, TimeoutException)
+from dev.sandbox_report import ATTACKS, CONTAINED_WITHOUT_ISOLATION, SECRETS, Bait, run_attack
+from nanochat.execution import (ExecutionResult, SandboxCallError, WriteOnlyStringIO, capture_io, create_tempdir,
+                                execute_code, isolation_mode, process_cap_available, reliability_guard, time_limit,
+                                TimeoutException)
 
-ISOLATED = isolation_mode("auto") == "bwrap"
-needs_isolation = pytest.mark.skipif(not ISOLATED, reason="needs bubblewrap (apt-get install bubblewrap)")
+
+def _available(mode):
+    try:
+        return isolation_mode(mode) == mode
+    except RuntimeError:
+        return False
+
+
+ISOLATED = _available("bwrap")
+ISOLATION_MODES = [pytest.param(mode, marks=pytest.mark.skipif(not _available(mode), reason=f"{mode} does not work here"))
+                   for mode in ("bwrap", "unshare")]
+ALL_MODES = ISOLATION_MODES + ["none"]
 
 HUMANEVAL_LIKE = '''
 def add(a, b):
@@ -67,7 +74,7 @@ def test_reliability_guard_none_does_not_touch_limits():
     assert before == after and system_removed and proc.exitcode == 0
 
 
-@pytest.mark.parametrize("mode", ["auto", "none"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_correct_and_failing_solutions_are_judged(mode):
     assert execute_code(HUMANEVAL_LIKE.format(body="a + b"), isolation=mode).success
     wrong = execute_code(HUMANEVAL_LIKE.format(body="a - b"), isolation=mode)
@@ -76,93 +83,110 @@ def test_correct_and_failing_solutions_are_judged(mode):
     assert out.success and out.stdout == "hello\n"
 
 
-def _listener():
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(5)
-    server.settimeout(0.2)
-    accepted = []
-    stop = threading.Event()
+def test_judge_calls_the_programs_functions_on_plain_data():
+    code = ("def pair(a, b):\n    return (a, {b[0]: {a}}, 1 / b[1])\n"
+            "def lazy():\n    return (i for i in [])\n")
+    seen = []
 
-    def loop():
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-                accepted.append(conn)
-            except OSError:
-                continue
+    def judge(functions):
+        seen.append(functions["pair"](2, [3, 4]))
+        with pytest.raises(SandboxCallError, match="ZeroDivisionError"):
+            functions["pair"](1, [0, 0])
+        with pytest.raises(SandboxCallError, match="generator values cannot cross"):
+            functions["lazy"]()
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return server, accepted, stop
+    assert execute_code(code, judge=judge).success
+    assert seen == [(2, {3: {2}}, 0.25)] and type(seen[0]) is tuple  # tuples stay tuples
 
+    def failing(functions):
+        assert functions["pair"](2, [3, 4]) == "anything else"
 
-def _hostile_programs(canary, port, bypass_guard):
-    """name -> program. With bypass_guard the programs use modules the in-process guard does not cover."""
-    fork = "import posix as m\n" if bypass_guard else "import os as m\n"
-    rm = f"import posix; posix.system('rm -rf {canary}')" if bypass_guard else f"import os; os.system('rm -rf {canary}')"
-    return {
-        "infinite loop": "while True:\n    pass\n",
-        "fork bomb": fork + "while True:\n    try:\n        m.fork()\n    except OSError:\n        pass\n",
-        "10 GB allocation": "x = bytearray(10 * 1024 ** 3)\nprint(len(x))\n",
-        "rm -rf canary": rm + "\nimport os\nassert not os.path.exists(" + repr(str(canary)) + ")\n",
-        "1 GB to stdout": "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n",
-        "1 GB to fd 1": "import os\nfor _ in range(1024):\n    os.write(1, b'x' * (1 << 20))\n",
-        "socket to host": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n",
-    }
+    result = execute_code(code, judge=failing)
+    assert not result.success and result.error.startswith("AssertionError")
 
 
-def _run_hostile(tmp_path, bypass_guard, mode):
-    # outside /tmp, so the sandbox sees it (read-only) instead of its private /tmp
-    canary = pathlib.Path(tempfile.mkdtemp(prefix="nanochat-canary-", dir=os.path.expanduser("~")))
-    (canary / "keep.txt").write_text("alive")
-    server, accepted, stop = _listener()
-    port = server.getsockname()[1]
-    contained = 0
-    try:
-        for name, code in _hostile_programs(canary, port, bypass_guard).items():
-            if mode == "none" and name == "socket to host":
-                continue  # without OS isolation nothing stops the network (hence the warning)
-            start = time.time()
-            result = execute_code(code, timeout=2.0, isolation=mode)
-            elapsed = time.time() - start
-            assert not result.success, f"{name}: expected a failure, got {result}"
-            assert elapsed < 2.0 + 5.0, f"{name}: took {elapsed:.1f}s"
-            assert (canary / "keep.txt").read_text() == "alive", f"{name}: canary harmed"
-            assert not accepted, f"{name}: the listener received a connection"
-            contained += 1
-    finally:
-        stop.set()
-        server.close()
-        shutil.rmtree(canary, ignore_errors=True)
-    print(f"\nhostile programs contained (isolation={mode}, bypassing the guard={bypass_guard}): {contained}/7")
-    return contained
+FORGERIES = {
+    # find the result channel (argv or /proc/self/fd), write a success record there, exit 0
+    "success record on every fd": (
+        "import os\ndef {entry}(*args):\n    return None\nprint('{{\"success\": true}}')\n"
+        "record = b'{{\"success\": true, \"stdout\": \"\", \"stderr\": \"\", \"error\": null, '"
+        " b'\"timeout\": false, \"memory_exceeded\": false}}'\n"
+        "for fd in os.listdir('/proc/self/fd'):\n    try:\n        os.write(int(fd), record)\n"
+        "    except OSError:\n        pass\nos._exit(0)\n"),
+    # an answer that claims to equal whatever the test expects
+    "object equal to anything": (
+        "class Anything:\n    def __eq__(self, other):\n        return True\n"
+        "def {entry}(*args):\n    return Anything()\n"),
+}
 
 
-@needs_isolation
-def test_hostile_programs_contained_with_isolation(tmp_path):
-    assert _run_hostile(tmp_path, bypass_guard=False, mode="bwrap") == 7
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_forged_verdicts_score_zero_on_humaneval(data_pack, monkeypatch, mode, forgery):
+    from tasks.humaneval import HumanEval
+    monkeypatch.setenv("NANOCHAT_SANDBOX", mode)
+    task = HumanEval()
+    conversation = task[0]
+    assert task.evaluate(conversation, conversation["messages"][-1]["content"])  # the real solution passes
+    assert not task.evaluate(conversation, FORGERIES[forgery].format(entry=conversation["entry_point"]))
 
 
-@needs_isolation
-@pytest.mark.skipif(not process_cap_available(), reason="no pids cgroup and running as root: a real fork bomb would not be capped")
-def test_hostile_programs_that_bypass_the_guard_are_contained_by_isolation(tmp_path):
-    assert _run_hostile(tmp_path, bypass_guard=True, mode="bwrap") == 7
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_the_program_sees_a_minimal_environment(monkeypatch, mode):
+    for name in SECRETS:
+        monkeypatch.setenv(name, "secret-value")
+    result = execute_code("import os\nprint(sorted(os.environ))\nprint(os.environ['HOME'])", isolation=mode)
+    assert result.success, result
+    names, home = result.stdout.splitlines()
+    names = set(ast.literal_eval(names))
+    assert not set(SECRETS) & names and "secret-value" not in result.stdout
+    assert names <= {"PATH", "LANG", "HOME", "PWD", "OMP_NUM_THREADS", "LC_CTYPE"}  # PWD: set by bwrap
+    assert home == "/tmp" if mode != "none" else home.startswith(os.path.realpath(os.path.join(os.sep, "tmp")))
 
 
-def test_hostile_programs_contained_by_fallback(tmp_path):
-    """Without OS isolation the guard and rlimits still stop the plain versions."""
-    assert _run_hostile(tmp_path, bypass_guard=False, mode="none") == 6
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_crashes_output_size_and_mmap_are_reported_for_what_they_are(mode):
+    for code, how in (("import os\nos._exit(3)", "exit status 3"), ("import ctypes\nctypes.string_at(0)", "SIGSEGV")):
+        crash = execute_code(code, isolation=mode)
+        assert not crash.success and not crash.timeout and "crashed" in crash.error and how in crash.error, crash
+    wide = execute_code("print('é' * 800000)", isolation=mode)  # 1.6 MB of UTF-8, under the 1M-character cap
+    assert wide.success and wide.stdout == "é" * 800000 + "\n", wide.error
+    flood = execute_code("print('x' * (1 << 20) + 'y')", isolation=mode)
+    assert not flood.success and "Output limit exceeded" in flood.error
+    mapped = execute_code("import mmap\nmmap.mmap(-1, 10 * 1024 ** 3)", isolation=mode)
+    assert not mapped.success and mapped.memory_exceeded, mapped
 
 
-@needs_isolation
-def test_isolation_hides_host_files_and_network(tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("s")
-    # /tmp is a private tmpfs inside the sandbox, the rest of the file system is read-only
-    assert not execute_code(f"open({str(secret)!r}).read()").success
-    assert not execute_code("open('/etc/nanochat-sandbox-probe', 'w')").success
-    assert execute_code("open('/tmp/ok.txt', 'w').write('fine')").success
+@pytest.fixture(scope="module")
+def bait():
+    with Bait() as host:
+        yield host
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda attack: attack.name)
+@pytest.mark.parametrize("mode", ISOLATION_MODES)
+def test_hostile_programs_are_contained_with_isolation(bait, mode, attack):
+    if attack.name.startswith("fork bomb") and not process_cap_available():
+        pytest.skip("no pids cgroup and running as root: a real fork bomb would not be capped")
+    row = run_attack(attack, bait, mode)
+    assert row.contained, row
+
+
+@pytest.mark.parametrize("attack", [a for a in ATTACKS if a.name in CONTAINED_WITHOUT_ISOLATION], ids=lambda a: a.name)
+def test_the_unisolated_fallback_contains_what_it_can(bait, attack):
+    if attack.name.startswith("fork bomb") and not process_cap_available():
+        pytest.skip("no pids cgroup and running as root: a real fork bomb would not be capped")
+    row = run_attack(attack, bait, "none")
+    assert row.contained, row
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is for root")
+def test_root_without_any_isolation_is_refused_unless_it_asks_for_none(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither bwrap nor unshare can be found
+    monkeypatch.delenv("NANOCHAT_SANDBOX", raising=False)
+    with pytest.raises(RuntimeError, match="refusing to run untrusted code as root.*NANOCHAT_SANDBOX=none"):
+        execute_code("print(1)")
+    assert execute_code("print(1)", isolation="none").stdout == "1\n"
 
 
 def test_forced_mode_validation(monkeypatch):
