@@ -82,6 +82,10 @@ ATTACKS = [
            "import os\nmoved = []\nfor f in ('/sys/fs/cgroup/pids/cgroup.procs', '/sys/fs/cgroup/cgroup.procs',"
            " '/sys/fs/cgroup/unified/cgroup.procs'):\n    try:\n        open(f, 'w').write(str(os.getpid()))\n"
            "        moved.append(f)\n    except OSError:\n        pass\nprint(moved)\nassert moved\n"),
+    Attack("run as the host's root or with any capability",
+           "import os\ncaps = int(open('/proc/self/status').read().split('CapEff:')[1].split()[0], 16)\n"
+           "inside, outside, _ = open('/proc/self/uid_map').read().split()[:3]  # uid 0 of a user namespace is not root\n"
+           "host_uid = int(outside) + os.geteuid() - int(inside)\nprint(host_uid, caps)\nassert host_uid == 0 or caps\n"),
     Attack("fill /tmp, /dev/shm, /dev and its home past the cap",
            "import os, posix\nchunk, over = b'x' * (16 << 20), []\n"
            "for place in ('/tmp', '/dev/shm', '/dev', os.environ.get('HOME', '/tmp')):\n"

@@ -238,7 +238,7 @@ def _child_main():
             reply = _outcome(lambda: exec(request["code"], namespace))
         else:
             reply = _outcome(lambda: _to_plain(namespace[request["call"]](*_from_plain(request["args"]))))
-        payload = (json.dumps(reply, ensure_ascii=False) + "\n").encode("utf-8", errors="replace")
+        payload = (json.dumps(reply) + "\n").encode()
         while payload:
             payload = payload[write(reply_fd, payload):]
     exit_now(0)
@@ -269,7 +269,7 @@ while [ "$1" != -- ]; do
   shift
 done
 shift
-mount -o remount,ro "$root"
+mount -o remount,bind,ro "$root"
 exec chroot "$root" "$@"
 """
 
@@ -301,10 +301,7 @@ def _isolation_prefix(mode, home):
                 "--fork", "--kill-child", "--", "sh", "-c", _CHROOT_SCRIPT, "sh", home, str(MAX_FILE_BYTES),
                 *_view(), "--", *_drop_privileges(mode)]
     view = _view()
-    parents = {os.path.dirname(path) for path in view}
-    while any(os.path.dirname(p) not in parents | {"/"} for p in parents):
-        parents |= {os.path.dirname(p) for p in parents}
-    parents = sorted(parents - {"/"})
+    parents = sorted({"/".join(path.split("/")[:n]) for path in view for n in range(2, path.count("/") + 1)})
     args = [shutil.which("bwrap") or "bwrap", "--size", str(MAX_FILE_BYTES), "--tmpfs", "/tmp", "--chmod", "1777", "/tmp"]
     for parent in parents:  # bwrap would create them 0700, closed to nobody
         args += ["--perms", "0755", "--dir", parent]
@@ -374,6 +371,8 @@ def isolation_mode(requested=None):
     mode = mode or "none"
     _warn_once(mode)
     return mode
+
+
 class _PidsCgroup:
     """A throwaway pids cgroup (v1 or v2) when the host lets us create one; otherwise inert."""
 
@@ -442,14 +441,6 @@ def process_cap_available():
     return capped or os.geteuid() != 0
 
 
-def process_cap_available():
-    """Is a runaway fork bomb capped here? (a pids cgroup, or RLIMIT_NPROC, which root ignores)"""
-    cgroup = _PidsCgroup(MAX_PROCESSES)
-    capped = cgroup.path is not None
-    cgroup.kill_all()
-    return capped or os.geteuid() != 0
-
-
 def _limit_child(cgroup, maximum_memory_bytes):
     """preexec_fn: rlimits and cgroup membership for the child and everything it starts."""
     import resource
@@ -499,12 +490,13 @@ class _Sandbox:
                 preexec_fn=lambda: _limit_child(self.cgroup, maximum_memory_bytes))
         except OSError:
             os.close(reply_r)
-            self.close()
+            self.cgroup.kill_all()
+            shutil.rmtree(self.home, ignore_errors=True)
             raise
         finally:
             os.close(reply_w)
         self.reply_fd, self.stdin_fd = reply_r, self.proc.stdin.fileno()
-        os.set_blocking(self.stdin_fd, False)
+        os.set_blocking(self.stdin_fd, False)  # a child that stops reading must not block us past the deadline
         self.received = {fd: bytearray() for fd in (reply_r, self.proc.stdout.fileno(), self.proc.stderr.fileno())}
         self.selector = selectors.DefaultSelector()
         for fd in self.received:
@@ -521,24 +513,10 @@ class _Sandbox:
         return call
 
     def request(self, message):
-        """Send one request and wait for its reply; a dict with "value", or "error" (+ "memory_exceeded")."""
+        """Send one request and wait for its reply: a dict with "value", or "error" (and "memory_exceeded")."""
         try:
-            pending = json.dumps(message).encode("utf-8", errors="replace") + b"\n"
             self.selector.register(self.stdin_fd, selectors.EVENT_WRITE)
-            while b"\n" not in self.received[self.reply_fd]:
-                remaining = self.deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _SandboxFailed("Execution timed out (process killed)", timeout=True)
-                for key, _ in self.selector.select(remaining):
-                    if key.fd != self.stdin_fd:
-                        self._read(key.fd, expect_end=False)
-                        continue
-                    try:
-                        pending = pending[os.write(self.stdin_fd, pending):]
-                    except BrokenPipeError:
-                        pending = b""  # the child is gone; its reply channel's end says how
-                    if not pending:
-                        self.selector.unregister(self.stdin_fd)
+            self._pump(lambda: b"\n" in self.received[self.reply_fd], json.dumps(message).encode() + b"\n")
             line, _, rest = self.received[self.reply_fd].partition(b"\n")
             self.received[self.reply_fd] = bytearray(rest)
             reply = self._decoded(lambda: json.loads(line))
@@ -550,8 +528,48 @@ class _Sandbox:
             self.failure = self.failure or failure
             raise
         finally:
-            with contextlib.suppress(KeyError, ValueError):
+            with contextlib.suppress(KeyError):
                 self.selector.unregister(self.stdin_fd)
+
+    def finish(self):
+        """End the run: the child exits when its requests end; (stdout, stderr) of a clean exit."""
+        self.proc.stdin.close()
+        self.selector.unregister(self.reply_fd)
+        self._pump(lambda: not self.selector.get_map())
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(0.05, self.deadline - time.monotonic()))
+        if self.proc.returncode != 0:
+            raise _SandboxFailed(self._crash_report())
+        stdout, stderr = (bytes(self.received[stream.fileno()]).decode("utf-8", errors="replace")
+                          for stream in (self.proc.stdout, self.proc.stderr))
+        if max(len(stdout), len(stderr)) > MAX_OUTPUT_CHARS:
+            raise _SandboxFailed(f"Output limit exceeded: more than {MAX_OUTPUT_CHARS} characters")
+        return stdout, stderr
+
+    def _pump(self, done, outgoing=b""):
+        """Move bytes between us and the child until done(); a timeout, crash or flood ends the run."""
+        while not done():
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise _SandboxFailed("Execution timed out (process killed)", timeout=True)
+            for key, _ in self.selector.select(remaining):
+                if key.fd == self.stdin_fd:
+                    try:
+                        outgoing = outgoing[os.write(key.fd, outgoing):]
+                    except BrokenPipeError:
+                        outgoing = b""  # the child is gone: the end of its reply channel says how
+                    if not outgoing:
+                        self.selector.unregister(key.fd)
+                    continue
+                data = os.read(key.fd, 1 << 16)
+                if not data:
+                    self.selector.unregister(key.fd)
+                    if key.fd == self.reply_fd:
+                        raise _SandboxFailed(self._crash_report())
+                self.received[key.fd] += data
+                limit = MAX_REPLY_BYTES if key.fd == self.reply_fd else MAX_RAW_OUTPUT_BYTES
+                if len(self.received[key.fd]) > limit:
+                    raise _SandboxFailed(f"Output limit exceeded: more than {limit} bytes")
 
     def _decoded(self, decode):
         try:
@@ -559,67 +577,28 @@ class _Sandbox:
         except Exception:  # noqa: BLE001 - the child may send anything
             raise _SandboxFailed("Malformed reply from the sandbox")
 
-    def _read(self, fd, expect_end):
-        data = os.read(fd, 1 << 16)
-        if not data:
-            self.selector.unregister(fd)
-            if fd == self.reply_fd and not expect_end:
-                raise _SandboxFailed(self._crash_report())
-            return
-        self.received[fd] += data
-        limit = MAX_REPLY_BYTES if fd == self.reply_fd else MAX_RAW_OUTPUT_BYTES
-        if len(self.received[fd]) > limit:
-            raise _SandboxFailed(f"Output limit exceeded: more than {limit} bytes")
-
     def _crash_report(self):
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=max(0.05, min(1.0, self.deadline - time.monotonic())))
-        status = self.proc.returncode
-        # bwrap reports a child killed by a signal as 128 + its number
-        signum = -status if status is not None and status < 0 else (status - 128 if status and status > 128 else None)
-        how = (f"killed by {signal.Signals(signum).name}" if signum in signal.valid_signals() else
-               f"exit status {status}" if status is not None else "it closed its result channel")
-        stderr = self._text(self.proc.stderr.fileno()).strip()
+        status, names = self.proc.returncode, {s.value: s.name for s in signal.Signals}
+        signum = -status if status is not None and status < 0 else (status or 0) - 128  # bwrap: 128 + signal
+        how = (f"killed by {names[signum]}" if signum in names else
+               f"exit status {status}" if status is not None else "it closed its reply channel")
+        stderr = bytes(self.received[self.proc.stderr.fileno()][-2000:]).decode("utf-8", errors="replace").strip()
         return f"Program crashed ({how})" + (f": {stderr[-500:]}" if stderr else "")
 
-    def _text(self, fd):
-        return bytes(self.received[fd]).decode("utf-8", errors="replace")
-
-    def finish(self):
-        """End the run: the child exits once its requests end; (stdout, stderr) of a clean exit."""
-        self.proc.stdin.close()
-        while self.selector.get_map():
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise _SandboxFailed("Execution timed out (process killed)", timeout=True)
-            for key, _ in self.selector.select(remaining):
-                self._read(key.fd, expect_end=True)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=max(0.05, self.deadline - time.monotonic()))
-        if self.proc.returncode != 0:
-            raise _SandboxFailed(self._crash_report())
-        stdout, stderr = self._text(self.proc.stdout.fileno()), self._text(self.proc.stderr.fileno())
-        if max(len(stdout), len(stderr)) > MAX_OUTPUT_CHARS:
-            raise _SandboxFailed(f"Output limit exceeded: more than {MAX_OUTPUT_CHARS} characters")
-        return stdout, stderr
-
     def close(self):
-        proc = getattr(self, "proc", None)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.cgroup.kill_all()
-        if proc is not None:
-            with contextlib.suppress(Exception):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                proc.wait(timeout=5)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                with contextlib.suppress(Exception):
-                    stream.close()
-        if hasattr(self, "selector"):
-            self.selector.close()
-            os.close(self.reply_fd)
+        self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self.selector.close()
+        os.close(self.reply_fd)
         shutil.rmtree(self.home, ignore_errors=True)
 
 

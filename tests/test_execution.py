@@ -126,7 +126,8 @@ def test_forged_verdicts_score_zero_on_humaneval(data_pack, monkeypatch, mode, f
     from tasks.humaneval import HumanEval
     monkeypatch.setenv("NANOCHAT_SANDBOX", mode)
     task = HumanEval()
-    conversation = task[0]
+    conversation = task[2]  # remove_vowels: its check compares answers with ==
+    assert "== " in conversation["test"]
     assert task.evaluate(conversation, conversation["messages"][-1]["content"])  # the real solution passes
     assert not task.evaluate(conversation, FORGERIES[forgery].format(entry=conversation["entry_point"]))
 
@@ -145,14 +146,22 @@ def test_the_program_sees_a_minimal_environment(monkeypatch, mode):
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
-def test_crashes_output_size_and_mmap_are_reported_for_what_they_are(mode):
+def test_a_crash_is_reported_as_a_crash_not_a_timeout(mode):
     for code, how in (("import os\nos._exit(3)", "exit status 3"), ("import ctypes\nctypes.string_at(0)", "SIGSEGV")):
         crash = execute_code(code, isolation=mode)
         assert not crash.success and not crash.timeout and "crashed" in crash.error and how in crash.error, crash
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_output_is_measured_in_characters_of_the_programs_output(mode):
     wide = execute_code("print('é' * 800000)", isolation=mode)  # 1.6 MB of UTF-8, under the 1M-character cap
     assert wide.success and wide.stdout == "é" * 800000 + "\n", wide.error
     flood = execute_code("print('x' * (1 << 20) + 'y')", isolation=mode)
     assert not flood.success and "Output limit exceeded" in flood.error
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_a_failed_mmap_sets_memory_exceeded(mode):
     mapped = execute_code("import mmap\nmmap.mmap(-1, 10 * 1024 ** 3)", isolation=mode)
     assert not mapped.success and mapped.memory_exceeded, mapped
 
