@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from nanochat.execution import MAX_FILE_BYTES, execute_code
+from nanochat.execution import MAX_FILE_BYTES, execute_code, isolation_mode
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRETS = ("OPENAI_API_KEY", "HF_TOKEN", "WANDB_API_KEY")
@@ -57,16 +57,16 @@ ATTACKS = [
            "class Anything:\n    def __eq__(self, other):\n        return True\n"
            "def add(a, b):\n    return Anything()\n", judge=_check_add),
     Attack("read secrets from its environment",
-           f"import os\nfound = [k for k in {SECRETS!r} if k in os.environ]\nprint(found)\nassert found\n"),
+           f"import os\nassert [k for k in {SECRETS!r} if k in os.environ], 'no secret in its environment'\n"),
     Attack("read the parent's environment (/proc/<ppid>/environ)",
            "import os\nassert open(f'/proc/{{os.getppid()}}/environ', 'rb').read()\n"),
     Attack("read /etc/shadow", "print(len(open('/etc/shadow').read()))\n"),
     Attack("see the host's home (a canary in ~, ~/.cache)",
-           "import os\nassert os.path.exists({canary_file!r}) or os.path.isdir({home!r} + '/.cache')\n"),
+           "import os\nassert os.path.exists({canary_file!r}) or os.path.isdir({home!r} + '/.cache'), 'neither is visible'\n"),
     Attack("list the repository", "import os\nprint(os.listdir({repo!r}))\n"),
     Attack("list /home, /run, /var",
            "import os\nseen = [p for p in ('/home', '/run', '/var') if os.path.isdir(p) and os.listdir(p)]\n"
-           "print(seen)\nassert seen\n"),
+           "assert seen, 'all three missing or empty'\n"),
     Attack("connect to host unix sockets (~ and /tmp)",
            "import socket\nfor path in ({unix_home!r}, {unix_tmp!r}):\n    try:\n"
            "        socket.socket(socket.AF_UNIX).connect(path)\n        break\n    except OSError:\n        pass\n"
@@ -77,24 +77,24 @@ ATTACKS = [
     Attack("write /etc, /usr/lib, the repository, the interpreter's prefix",
            "import sys\nwritten = []\nfor d in ('/etc', '/usr/lib', {repo!r}, sys.prefix):\n    try:\n"
            "        open(d + '/' + {probe!r}, 'w').write('x')\n        written.append(d)\n"
-           "    except OSError:\n        pass\nprint(written)\nassert written\n"),
+           "    except OSError:\n        pass\nassert written, 'every write refused'\n"),
     Attack("leave its pids cgroup",
            "import os\nmoved = []\nfor f in ('/sys/fs/cgroup/pids/cgroup.procs', '/sys/fs/cgroup/cgroup.procs',"
            " '/sys/fs/cgroup/unified/cgroup.procs'):\n    try:\n        open(f, 'w').write(str(os.getpid()))\n"
-           "        moved.append(f)\n    except OSError:\n        pass\nprint(moved)\nassert moved\n"),
+           "        moved.append(f)\n    except OSError:\n        pass\nassert moved, 'every cgroup.procs write refused'\n"),
     Attack("run as the host's root or with any capability",
            "import os\ncaps = int(open('/proc/self/status').read().split('CapEff:')[1].split()[0], 16)\n"
            "inside, outside, _ = open('/proc/self/uid_map').read().split()[:3]  # uid 0 of a user namespace is not root\n"
-           "host_uid = int(outside) + os.geteuid() - int(inside)\nprint(host_uid, caps)\nassert host_uid == 0 or caps\n"),
+           "host_uid = int(outside) + os.geteuid() - int(inside)\nassert host_uid == 0 or caps, f'host uid {{host_uid}}, no capabilities'\n"),
     Attack("fill /tmp, /dev/shm, /dev and its home past the cap",
-           "import os, posix\nchunk, over = b'x' * (16 << 20), []\n"
+           "import os, posix\nchunk, over, mib = b'x' * (16 << 20), [], {{}}\n"
            "for place in ('/tmp', '/dev/shm', '/dev', os.environ.get('HOME', '/tmp')):\n"
            "    written, names = 0, []\n    try:\n        while written < {cap} + (32 << 20):\n"
            "            names.append(place + '/nanochat-fill-' + str(len(names)))\n"
            "            with open(names[-1], 'wb') as f:\n                f.write(chunk)\n"
            "            written += len(chunk)\n    except OSError:\n        pass\n    for name in names:\n"
            "        try:\n            posix.unlink(name)\n        except OSError:\n            pass\n"
-           "    if written > {cap}:\n        over.append(place)\nprint('over the cap:', over)\nassert over\n"),
+           "    mib[place] = written >> 20\n    if written > {cap}:\n        over.append(place)\nassert over, f'MiB written: {{mib}}'\n"),
 ]
 
 # Without OS isolation only these can be stopped (by rlimits, the pids cgroup, the parent's caps,
@@ -190,6 +190,7 @@ def main():
     args = parser.parse_args()
     with Bait() as bait:
         for mode in args.modes.split(","):
+            isolation_mode(mode)  # its warning, if any, before the table
             print(f"\n## isolation={mode}\n")
             print(f"| {'what the program tried':<62} | {'what happened':<100} | contained |")
             print(f"|{'-' * 64}|{'-' * 102}|-----------|")
@@ -197,6 +198,15 @@ def main():
             for row in rows:
                 print(f"| {row.attack:<62} | {row.happened:<100} | {'yes' if row.contained else 'NO':<9} |")
             print(f"\ncontained: {sum(r.contained for r in rows)}/{len(rows)}")
+    # the fallback is never chosen silently for root: auto on a host with neither tool
+    with tempfile.TemporaryDirectory() as empty:
+        path, os.environ["PATH"] = os.environ["PATH"], empty
+        try:
+            print(f"\nauto, with neither bwrap nor unshare on PATH, as uid {os.geteuid()}: {isolation_mode('auto')}")
+        except RuntimeError as refusal:
+            print(f"\nauto, with neither bwrap nor unshare on PATH, as uid {os.geteuid()}: refused: {refusal}")
+        finally:
+            os.environ["PATH"] = path
 
 
 if __name__ == "__main__":
