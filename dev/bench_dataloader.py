@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from nanochat import dataset
+from nanochat import dataset, pack_corpus
 from nanochat.dataloader import tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
 
@@ -51,12 +51,12 @@ def pick_data_dir(tmp_root, num_pack_files):
     if len(dataset.list_parquet_files(data_dir)) >= 2:
         print(f"shards: {data_dir}")
         return data_dir
-    files = dataset.data_pack_corpus_files()[:num_pack_files]
+    files = pack_corpus.data_pack_corpus_files()[:num_pack_files]
     if len(files) < 2:
         raise SystemExit("no shards in <base>/base_data and no NANOCHAT_DATA_PACK corpus: run "
                          "`python -m nanochat.dataset -n 4` (or set NANOCHAT_DATA_PACK) first")
     print(f"shards: packing {len(files)} data-pack corpus files into a temporary folder")
-    dataset.pack_jsonl(files, data_dir=tmp_root)
+    pack_corpus.pack_jsonl(files, data_dir=tmp_root)
     return tmp_root
 
 

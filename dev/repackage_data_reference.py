@@ -4,7 +4,7 @@ never run by the tests, and it needs the internet and a lot of disk).
 
 Source: Hugging Face dataset HuggingFaceFW/fineweb-edu, config "sample-100BT", split "train",
 globally shuffled with seed 42. The documents are written in order into shard_XXXXX.parquet files
-with nanochat.dataset's ShardWriter: one string column `text`, row groups of exactly 1024 documents,
+with nanochat.pack_corpus's ShardWriter: one string column `text`, row groups of exactly 1024 documents,
 a shard closed at a row-group boundary once it holds >= 250M characters (~100 MB with zstd level 3,
 no dictionary, no statistics). The folder is then uploaded as the dataset
 karpathy/fineweb-edu-100b-shuffle (what nanochat.dataset.BASE_URL serves), token from $HF_TOKEN.
@@ -17,7 +17,7 @@ import os
 import time
 
 from nanochat.common import host_reachable
-from nanochat.dataset import ShardWriter
+from nanochat.pack_corpus import ShardWriter
 
 SOURCE_DATASET = "HuggingFaceFW/fineweb-edu"
 SOURCE_CONFIG = "sample-100BT"

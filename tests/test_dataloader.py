@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nanochat import dataset
+from nanochat import dataset, pack_corpus
 from nanochat.dataloader import (iterate_row_groups, tokenizing_distributed_data_loader,
                                  tokenizing_distributed_data_loader_with_state)
 
@@ -32,7 +32,7 @@ def shards(base_dir, tmp_path, monkeypatch):
         write_jsonl(tmp_path / "b.jsonl", [f"<b{i}>" + "y" * (i % 5) for i in range(44)]),
         write_jsonl(tmp_path / "v.jsonl", [f"<v{i}>" for i in range(5)]),
     ]
-    dataset.pack_jsonl(paths, shard_chars=200)
+    pack_corpus.pack_jsonl(paths, shard_chars=200)
     return dataset.list_parquet_files()
 
 
@@ -75,7 +75,7 @@ def test_row_groups_are_split_across_ranks_and_re_epoch(shards):
 def test_one_row_group_per_shard_still_feeds_every_rank(base_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "ROW_GROUP_SIZE", ROWS)
     paths = [write_jsonl(tmp_path / f"{i}.jsonl", [f"<{i}:{j}>" for j in range(ROWS)]) for i in range(7)]
-    dataset.pack_jsonl(paths, shard_chars=1)  # one row group per shard
+    pack_corpus.pack_jsonl(paths, shard_chars=1)  # one row group per shard
     files = dataset.list_parquet_files()[:-1]
     assert len(files) == 6
     for rank in range(4):

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat import dataset
+from nanochat import dataset, pack_corpus
 from nanochat.common import DownloadError
 
 
@@ -70,7 +70,7 @@ def test_data_dir_follows_base_dir(base_dir):
 
 def test_pack_small_corpus_format_and_coverage(base_dir, small_corpus):
     paths, texts = small_corpus
-    manifest = dataset.pack_jsonl(paths, shard_chars=20_000)
+    manifest = pack_corpus.pack_jsonl(paths, shard_chars=20_000)
     files = dataset.list_parquet_files()
     assert [os.path.basename(f) for f in files] == [s["name"] for s in manifest["shards"]]
     assert len(files) >= 3
@@ -89,24 +89,24 @@ def test_pack_small_corpus_format_and_coverage(base_dir, small_corpus):
 
 def test_pack_is_idempotent_and_refuses_changed_inputs(base_dir, small_corpus, capsys):
     paths, texts = small_corpus
-    dataset.pack_jsonl(paths, shard_chars=20_000)
+    pack_corpus.pack_jsonl(paths, shard_chars=20_000)
     files = dataset.list_parquet_files()
     mtimes = [os.stat(f).st_mtime_ns for f in files]
     capsys.readouterr()
-    dataset.pack_jsonl(paths, shard_chars=20_000)
+    pack_corpus.pack_jsonl(paths, shard_chars=20_000)
     assert "nothing to do" in capsys.readouterr().out
     assert [os.stat(f).st_mtime_ns for f in files] == mtimes
     # changed input: a clear error, nothing deleted
     write_jsonl(paths[0], texts[0][:10], gz=True)
     with pytest.raises(dataset.ShardError, match="--force"):
-        dataset.pack_jsonl(paths, shard_chars=20_000)
+        pack_corpus.pack_jsonl(paths, shard_chars=20_000)
     assert dataset.list_parquet_files() == files
     # --force replaces them
-    dataset.pack_jsonl(paths, shard_chars=20_000, force=True)
+    pack_corpus.pack_jsonl(paths, shard_chars=20_000, force=True)
     assert all_docs(dataset.get_data_dir()) == texts[0][:10] + texts[1] + texts[2]
     # a deleted shard is detected and the pack is rebuilt
     os.remove(dataset.list_parquet_files()[0])
-    dataset.pack_jsonl(paths, shard_chars=20_000)
+    pack_corpus.pack_jsonl(paths, shard_chars=20_000)
     assert all_docs(dataset.get_data_dir()) == texts[0][:10] + texts[1] + texts[2]
 
 
@@ -115,7 +115,7 @@ def test_pack_refuses_foreign_shards(base_dir, small_corpus):
     foreign = os.path.join(dataset.get_data_dir(), "shard_00000.parquet")
     pq.write_table(pa.table({"text": ["downloaded"]}), foreign)
     with pytest.raises(dataset.ShardError, match="not packed from a corpus"):
-        dataset.pack_jsonl(paths)
+        pack_corpus.pack_jsonl(paths)
     assert os.path.exists(foreign)
 
 
@@ -126,12 +126,12 @@ def test_pack_refuses_foreign_shards(base_dir, small_corpus):
 ])
 def test_pack_bad_input_names_file_and_keeps_existing(base_dir, small_corpus, tmp_path, content, message):
     paths, texts = small_corpus
-    dataset.pack_jsonl(paths, shard_chars=20_000)
+    pack_corpus.pack_jsonl(paths, shard_chars=20_000)
     before = {f: os.stat(f).st_mtime_ns for f in dataset.list_parquet_files()}
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content, encoding="utf-8")
     with pytest.raises(dataset.ShardError, match=message):
-        dataset.pack_jsonl([paths[0], str(bad)], force=True)
+        pack_corpus.pack_jsonl([paths[0], str(bad)], force=True)
     after = {f: os.stat(f).st_mtime_ns for f in dataset.list_parquet_files()}
     assert after == before  # nothing already written was deleted
     assert not os.path.exists(os.path.join(dataset.get_data_dir(), ".packing"))
@@ -140,9 +140,9 @@ def test_pack_bad_input_names_file_and_keeps_existing(base_dir, small_corpus, tm
 def test_pack_missing_file_and_single_file(base_dir, small_corpus, tmp_path):
     paths, _ = small_corpus
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        dataset.pack_jsonl([paths[0], str(tmp_path / "nope.jsonl")])
+        pack_corpus.pack_jsonl([paths[0], str(tmp_path / "nope.jsonl")])
     with pytest.raises(dataset.ShardError, match="at least two files"):
-        dataset.pack_jsonl([paths[0]])
+        pack_corpus.pack_jsonl([paths[0]])
     assert dataset.main(["--from-jsonl", paths[0], str(tmp_path / "nope.jsonl")]) == 1
 
 
@@ -187,7 +187,7 @@ def test_cli_packs_data_pack_corpus(base_dir, tmp_path, monkeypatch, capsys):
 def test_pack_real_data_pack_subset(base_dir, data_pack):
     corpus = os.path.join(data_pack, "corpus")
     paths = [os.path.join(corpus, "part_007.jsonl.gz"), os.path.join(corpus, "part_008.jsonl.gz")]
-    dataset.pack_jsonl(paths, shard_chars=4_000_000)
+    pack_corpus.pack_jsonl(paths, shard_chars=4_000_000)
     files = dataset.list_parquet_files()
     assert len(files) >= 3
     for f in files:
