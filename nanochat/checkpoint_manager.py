@@ -25,7 +25,7 @@ from nanochat.gpt import GPT, GPTConfig
 
 logger = logging.getLogger(__name__)
 
-# which stage writes each checkpoint family (for error messages)
+# The one registry of checkpoint families: source -> (directory under the base dir, the stage that writes it).
 SOURCE_DIRS = {
     "base": ("base_checkpoints", "python -m scripts.base_train"),
     "mid": ("mid_checkpoints", "python -m scripts.mid_train"),
@@ -226,34 +226,58 @@ def find_last_step(checkpoint_dir):
     return steps[-1]
 
 
-def _stage_hint(checkpoints_dir):
-    name = os.path.basename(os.path.normpath(checkpoints_dir))
-    for _, (subdir, command) in SOURCE_DIRS.items():
-        if subdir == name:
-            return f"; it is written by `{command}`"
-    return ""
+def checkpoints_dir_of(source, base_dir=None):
+    """<base>/<stage>_checkpoints of a source ("base", "mid", "sft" or "rl")."""
+    if source not in SOURCE_DIRS:
+        raise ValueError(f"unknown checkpoint source {source!r}; expected one of {sorted(SOURCE_DIRS)}")
+    return os.path.join(base_dir or get_base_dir(), SOURCE_DIRS[source][0])
+
+
+def list_checkpoints(base_dir=None):
+    """[(source, tag, step)] of every complete checkpoint under the base dir, sorted."""
+    found = []
+    for source in SOURCE_DIRS:
+        root = checkpoints_dir_of(source, base_dir)
+        tags = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        for tag in tags:
+            if os.path.isdir(os.path.join(root, tag)):
+                found.extend((source, tag, step) for step in available_steps(os.path.join(root, tag)))
+    return found
+
+
+def _not_found(checkpoints_dir, wanted=""):
+    """FileNotFoundError naming the stage that writes this directory and the checkpoints that do exist."""
+    base_dir, name = os.path.split(os.path.normpath(checkpoints_dir))
+    writer = next((command for subdir, command in SOURCE_DIRS.values() if subdir == name), None)
+    listing = "\n".join(f"  --source={s} --model_tag={t} --step={n}" for s, t, n in list_checkpoints(base_dir))
+    return FileNotFoundError(
+        f"no checkpoint{wanted} in {checkpoints_dir}" + (f"; it is written by `{writer}`" if writer else "")
+        + f". Checkpoints in {base_dir}:\n{listing or '  (none)'}\n"
+        "Pick one with --source/--model_tag/--step, or point NANOCHAT_BASE_DIR at another run.")
+
+
+def resolve_checkpoint(checkpoints_dir, model_tag=None, step=None):
+    """(checkpoint_dir, step) under a <stage>_checkpoints directory; a missing tag is guessed as the
+    largest model and a missing step as the last complete one (both guesses are logged)."""
+    if model_tag is None:
+        try:
+            model_tag = find_largest_model(checkpoints_dir)
+        except FileNotFoundError:
+            raise _not_found(checkpoints_dir) from None
+        log0(f"No model tag provided, guessing model tag: {model_tag}")
+    steps = available_steps(os.path.join(checkpoints_dir, model_tag))
+    if step is None and steps:
+        step = steps[-1]
+        log0(f"No model step provided, guessing model step: {step}")
+    if step not in steps:
+        raise _not_found(checkpoints_dir, f" tag={model_tag}" + (f" step={step}" if step is not None else ""))
+    return os.path.join(checkpoints_dir, model_tag), step
 
 
 def load_model_from_dir(checkpoints_dir, device, phase, model_tag=None, step=None):
-    hint = _stage_hint(checkpoints_dir)
-    try:
-        if model_tag is None:
-            model_tag = find_largest_model(checkpoints_dir)
-            log0(f"No model tag provided, guessing model tag: {model_tag}")
-        checkpoint_dir = os.path.join(checkpoints_dir, model_tag)
-        if not os.path.isdir(checkpoint_dir):
-            raise FileNotFoundError(f"checkpoint directory {checkpoint_dir} does not exist")
-        if step is None:
-            step = find_last_step(checkpoint_dir)
-            log0(f"No model step provided, guessing model step: {step}")
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}{hint}") from None
-    return build_model(checkpoint_dir, step, device, phase)
+    return build_model(*resolve_checkpoint(checkpoints_dir, model_tag, step), device, phase)
 
 
 def load_model(source, *args, **kwargs):
     """load_model("base"|"mid"|"sft"|"rl", device, phase, model_tag=None, step=None) -> (model, tokenizer, meta)."""
-    if source not in SOURCE_DIRS:
-        raise ValueError(f"unknown checkpoint source {source!r}; expected one of {sorted(SOURCE_DIRS)}")
-    checkpoints_dir = os.path.join(get_base_dir(), SOURCE_DIRS[source][0])
-    return load_model_from_dir(checkpoints_dir, *args, **kwargs)
+    return load_model_from_dir(checkpoints_dir_of(source), *args, **kwargs)

@@ -18,9 +18,9 @@ import os
 
 import torch
 
-from nanochat.checkpoint_manager import (SOURCE_DIRS, available_steps, find_largest_model, load_checkpoint,
-                                         model_from_state_dict, save_checkpoint)
-from nanochat.tokenizer import SPECIAL_TOKENS
+from nanochat.checkpoint_manager import (checkpoints_dir_of, load_checkpoint, model_from_state_dict, resolve_checkpoint,
+                                         save_checkpoint)
+from nanochat.hf_tokenizer import encoding_from_tokenizer_json, tokenizer_files
 
 HF_MODEL_TYPE = "nanochat"
 HF_ARCHITECTURE = "NanoChatForCausalLM"
@@ -30,50 +30,9 @@ RMS_NORM_EPS = torch.finfo(torch.float32).eps  # what F.rms_norm uses for float3
 META_FILE = "nanochat_meta.json"
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
             "tokenizer_config.json", "special_tokens_map.json", META_FILE)
-STAGE_DIRS = {source: subdir for source, (subdir, _) in SOURCE_DIRS.items()}
 CHAT_SOURCES = ("mid", "sft", "rl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODEL_CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
-
-# Renders exactly what RustBPETokenizer.render_for_completion renders: BOS, then user/assistant
-# turns; a leading system message is folded into the first user message ("system\n\nuser");
-# assistant content is a string or a list of text/python/python_output parts.
-CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system_prefix = messages[0]['content'] + '\\n\\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "<|bos|>"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{ raise_exception('roles must alternate user/assistant, starting with user (after an optional system message)') }}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "<|user_start|>{{ (system_prefix if loop.first else '') + message['content'] }}<|user_end|>"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "<|assistant_start|>"
-    "{%- if message['content'] is string -%}"
-    "{{ message['content'] }}"
-    "{%- else -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- elif part['type'] == 'python' -%}<|python_start|>{{ part['text'] }}<|python_end|>"
-    "{%- elif part['type'] == 'python_output' -%}<|output_start|>{{ part['text'] }}<|output_end|>"
-    "{%- else -%}{{ raise_exception('unknown assistant part type: ' + part['type']) }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "<|assistant_end|>"
-    "{%- else -%}"
-    "{{ raise_exception('unsupported role: ' + message['role']) }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant_start|>{%- endif -%}"
-)
-
 
 class HFExportError(ValueError):
     pass
@@ -175,168 +134,6 @@ def model_config_from_hf(config, where="config.json"):
 
 
 # -----------------------------------------------------------------------------
-# tokenizer: tiktoken ranks <-> HF tokenizers byte-level BPE
-
-def bytes_to_unicode():
-    """GPT-2's reversible byte -> printable character table used by byte-level BPE vocabularies."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)  # bytes that would be invisible get shifted past 255
-            extra += 1
-    return table
-
-
-def _merges_from_ranks(ranks):
-    """
-    Every (left, right) split of a token whose halves are both tokens, ordered by the rank of the
-    merged token. tiktoken merges any adjacent pair whose concatenation is a token (lowest rank
-    first); listing every such split gives HF's merge-list BPE the same choices.
-    """
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        splits = []
-        for i in range(1, len(token)):
-            left, right = token[:i], token[i:]
-            if left in ranks and right in ranks:
-                splits.append((ranks[left], ranks[right], left, right))
-        merges.extend((left, right) for _, _, left, right in sorted(splits))
-    return merges
-
-
-def hf_tokenizer_from_encoding(enc, add_bos=True):
-    """A `tokenizers.Tokenizer` that gives the same ids as the tiktoken Encoding `enc`."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import BPE
-    ranks = enc._mergeable_ranks
-    specials = enc._special_tokens
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise HFExportError("the tokenizer's ranks are not 0..N-1; cannot build a BPE vocabulary")
-    to_unicode = bytes_to_unicode()
-
-    def u(b):
-        return "".join(to_unicode[x] for x in b)
-
-    vocab = {u(token): rank for token, rank in ranks.items()}
-    merges = [(u(a), u(b)) for a, b in _merges_from_ranks(ranks)]
-    tok = Tokenizer(BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(pattern=Regex(enc._pat_str), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    # add specials in id order so each lands on the id tiktoken gives it
-    for name, token_id in sorted(specials.items(), key=lambda kv: kv[1]):
-        if tok.get_vocab_size(with_added_tokens=True) != token_id:
-            raise HFExportError(f"special token {name!r} has id {token_id}, expected the next free id "
-                                f"{tok.get_vocab_size(with_added_tokens=True)}")
-        tok.add_special_tokens([AddedToken(name, special=True, normalized=False)])
-    if add_bos and "<|bos|>" in specials:  # every document our models saw started with <|bos|>
-        tok.post_processor = processors.TemplateProcessing(
-            single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", specials["<|bos|>"])])
-    return tok
-
-
-def encoding_from_tokenizer_json(path):
-    """Rebuild our tiktoken Encoding from an exported tokenizer.json."""
-    import tiktoken
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        raise HFExportError(f"{path}: model type {model.get('type')!r}, expected a byte-level 'BPE'")
-    to_byte = {c: b for b, c in bytes_to_unicode().items()}
-    try:
-        ranks = {bytes(to_byte[c] for c in token): rank for token, rank in model["vocab"].items()}
-    except KeyError as e:
-        raise HFExportError(f"{path}: vocabulary is not byte-level (character {e} has no byte)") from None
-    rank_ids = set(ranks.values())
-    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t["id"] not in rank_ids}
-    pattern = _split_pattern(spec.get("pre_tokenizer"))
-    if pattern is None:
-        raise HFExportError(f"{path}: no Split(Regex) pre-tokenizer found; cannot recover the split pattern")
-    return tiktoken.Encoding(name="rustbpe", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
-
-
-def _split_pattern(pre_tokenizer):
-    if not pre_tokenizer:
-        return None
-    if pre_tokenizer.get("type") == "Sequence":
-        for inner in pre_tokenizer.get("pretokenizers", []):
-            found = _split_pattern(inner)
-            if found is not None:
-                return found
-        return None
-    if pre_tokenizer.get("type") == "Split":
-        return (pre_tokenizer.get("pattern") or {}).get("Regex")
-    return None
-
-
-def tokenizer_files(enc, chat, sequence_len):
-    """(tokenizers.Tokenizer, tokenizer_config dict, special_tokens_map dict)."""
-    tok = hf_tokenizer_from_encoding(enc)
-    eos = "<|assistant_end|>" if chat else "<|bos|>"
-    extra = [s for s in SPECIAL_TOKENS if s in enc._special_tokens and s not in ("<|bos|>", eos)]
-    special_map = {"bos_token": "<|bos|>", "eos_token": eos, "pad_token": eos}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **special_map,
-        "additional_special_tokens": extra,  # the name both transformers v4 and v5 read
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": sequence_len,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    return tok, config, {**special_map, "additional_special_tokens": extra}
-
-
-# -----------------------------------------------------------------------------
-# our checkpoint layout (SPEC §2.1): <base>/<stage>_checkpoints/<tag>/model_XXXXXX.pt + meta_XXXXXX.json
-
-def list_checkpoints(base_dir):
-    """[(source, tag, step)] of every model checkpoint under the base dir, sorted."""
-    found = []
-    for source, stage_dir in STAGE_DIRS.items():
-        root = os.path.join(base_dir, stage_dir)
-        if not os.path.isdir(root):
-            continue
-        for tag in sorted(os.listdir(root)):
-            tag_dir = os.path.join(root, tag)
-            if os.path.isdir(tag_dir):
-                found.extend((source, tag, step) for step in available_steps(tag_dir))
-    return found
-
-
-def _default_tag(root):
-    try:
-        return find_largest_model(root)  # the largest model, as load_model guesses
-    except FileNotFoundError:
-        return None
-
-
-def resolve_checkpoint(base_dir, source, model_tag=None, step=None):
-    """(checkpoint_dir, step) for a source/tag/step, guessing the newest when not given."""
-    if source not in STAGE_DIRS:
-        raise HFExportError(f"unknown source {source!r}; choose one of {', '.join(STAGE_DIRS)}")
-    root = os.path.join(base_dir, STAGE_DIRS[source])
-    tag = model_tag or (_default_tag(root) if os.path.isdir(root) else None)
-    steps = available_steps(os.path.join(root, tag)) if tag else []
-    if step is None and steps:
-        step = steps[-1]
-    if step not in steps:
-        wanted = f"{source}" + (f" tag={tag}" if tag else "") + (f" step={step}" if step is not None else "")
-        available = list_checkpoints(base_dir)
-        listing = "\n".join(f"  --source={s} --model_tag={t} --step={n}" for s, t, n in available) or "  (none)"
-        raise FileNotFoundError(f"no checkpoint for {wanted} under {root}. Checkpoints in {base_dir}:\n{listing}")
-    return os.path.join(root, tag), step
-
-
-# -----------------------------------------------------------------------------
 # export
 
 def _prepare_out_dir(out_dir, force):
@@ -386,10 +183,8 @@ def export_to_hf(out_dir, state_dict, model_config, enc, chat, dtype="float32", 
 
 def export_checkpoint(source, out_dir, model_tag=None, step=None, dtype="float32", force=False):
     """Export <base>/<stage>_checkpoints/<tag>/model_<step>.pt with the base dir's tokenizer."""
-    from nanochat.common import get_base_dir
     from nanochat.tokenizer import get_tokenizer
-    base_dir = get_base_dir()
-    checkpoint_dir, step = resolve_checkpoint(base_dir, source, model_tag, step)
+    checkpoint_dir, step = resolve_checkpoint(checkpoints_dir_of(source), model_tag, step)
     state_dict, _, meta = load_checkpoint(checkpoint_dir, step, "cpu")
     if "model_config" not in meta:
         raise HFExportError(f"{checkpoint_dir}/meta_{step:06d}.json has no model_config")
@@ -448,12 +243,10 @@ def import_hf_dir(hf_dir, source=None, model_tag=None, step=None, force=False):
     from nanochat.common import get_base_dir
     state_dict, model_config, enc, provenance = read_hf_dir(hf_dir)
     source = source or provenance.get("source", "base")
-    if source not in STAGE_DIRS:
-        raise HFExportError(f"unknown source {source!r}; choose one of {', '.join(STAGE_DIRS)}")
     model_tag = model_tag or provenance.get("model_tag") or f"d{model_config['n_layer']}"
     step = step if step is not None else int(provenance.get("step", 0))
     base_dir = get_base_dir()
-    checkpoint_dir = os.path.join(base_dir, STAGE_DIRS[source], model_tag)
+    checkpoint_dir = os.path.join(checkpoints_dir_of(source, base_dir), model_tag)
     if os.path.exists(os.path.join(checkpoint_dir, f"model_{step:06d}.pt")) and not force:
         raise FileExistsError(f"{checkpoint_dir}/model_{step:06d}.pt exists; pass --force to overwrite "
                               "or choose another --model_tag/--step")

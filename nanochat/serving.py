@@ -11,7 +11,6 @@ more forward step, and a worker is never used by two replies at once. The web la
 
 import asyncio
 import logging
-import os
 import threading
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,14 +28,6 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.0, 2.0
 MIN_TOP_K, MAX_TOP_K = 1, 200
 MIN_MAX_TOKENS, MAX_MAX_TOKENS = 1, 4096
 
-# checkpoint source -> (directory under the base dir, the stage that writes it)
-CHECKPOINT_SOURCES = {
-    "base": ("base_checkpoints", "python -m scripts.base_train"),
-    "mid": ("mid_checkpoints", "python -m scripts.mid_train"),
-    "sft": ("chatsft_checkpoints", "python -m scripts.chat_sft"),
-    "rl": ("chatrl_checkpoints", "python -m scripts.chat_rl"),
-}
-
 
 class RequestError(ValueError):
     """A request the server refuses; `param` names the offending field (OpenAI style)."""
@@ -52,15 +43,6 @@ class RequestError(ValueError):
 def load_chat_model(source, device, model_tag=None, step=None):
     """(model, tokenizer, meta) of a trained checkpoint, or FileNotFoundError saying where we
     looked and which stage produces the checkpoint."""
-    from nanochat.common import get_base_dir
-    if source not in CHECKPOINT_SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {sorted(CHECKPOINT_SOURCES)}")
-    subdir, stage = CHECKPOINT_SOURCES[source]
-    checkpoint_dir = os.path.join(get_base_dir(), subdir)
-    if not os.path.isdir(checkpoint_dir) or not os.listdir(checkpoint_dir):
-        raise FileNotFoundError(
-            f"no {source} checkpoint in {checkpoint_dir} (missing or empty). It is produced by: {stage}. "
-            f"Pick another stage with --source (base|mid|sft|rl) or point NANOCHAT_BASE_DIR at a run.")
     from nanochat.checkpoint_manager import load_model
     return load_model(source, device, phase="eval", model_tag=model_tag, step=step)
 

@@ -37,6 +37,16 @@ def _check_vocab_size(vocab_size):
                              f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens)")
 
 
+def byte_level_pre_tokenizer(pattern=SPLIT_PATTERN):
+    """The HF `tokenizers` pre-tokenizer that splits text as tiktoken does with `pattern`, then maps bytes to
+    GPT-2's printable characters: shared by HF training, the HF export and the benchmarks."""
+    from tokenizers import Regex, pre_tokenizers
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern=Regex(pattern), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 # -----------------------------------------------------------------------------
 # HuggingFace tokenizers wrapper
 
@@ -61,17 +71,14 @@ class HuggingFaceTokenizer:
 
     @classmethod
     def train_from_iterator(cls, text_iterator, vocab_size):
-        from tokenizers import Regex, decoders, pre_tokenizers
+        from tokenizers import decoders, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers.models import BPE
         from tokenizers.trainers import BpeTrainer
         _check_vocab_size(vocab_size)
         tokenizer = HFTokenizer(BPE(byte_fallback=True, unk_token=None, fuse_unk=False))
         tokenizer.normalizer = None
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(pattern=Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tokenizer.pre_tokenizer = byte_level_pre_tokenizer()
         tokenizer.decoder = decoders.ByteLevel()
         tokenizer.post_processor = None
         trainer = BpeTrainer(vocab_size=vocab_size, show_progress=True, min_frequency=0,

@@ -12,12 +12,13 @@ See docs/huggingface.md.
 import argparse
 import sys
 
-from nanochat.hf_export import DTYPES, STAGE_DIRS, HFExportError, export_checkpoint
+from nanochat.checkpoint_manager import SOURCE_DIRS
+from nanochat.hf_export import DTYPES, export_checkpoint
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Export a nanochat checkpoint to Hugging Face transformers format")
-    parser.add_argument("--source", choices=list(STAGE_DIRS), required=True, help="which stage's checkpoint")
+    parser.add_argument("--source", choices=list(SOURCE_DIRS), required=True, help="which stage's checkpoint")
     parser.add_argument("--model_tag", default=None, help="checkpoint tag, e.g. d20 (default: the largest)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--out", required=True, help="output directory (must be empty unless --force)")
@@ -27,7 +28,7 @@ def main(argv=None):
     try:
         checkpoint_dir, step = export_checkpoint(args.source, args.out, model_tag=args.model_tag, step=args.step,
                                                  dtype=args.dtype, force=args.force)
-    except (FileNotFoundError, FileExistsError, HFExportError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # HFExportError, TokenizerError
         print(f"export_hf: {e}", file=sys.stderr)
         return 1
     print(f"Exported {checkpoint_dir} step {step} ({args.dtype}) to {args.out}")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.hf_export import (CHAT_TEMPLATE, HFExportError, encoding_from_tokenizer_json, export_to_hf,
-                                hf_tokenizer_from_encoding, import_hf_dir, load_hf_dir_as_nanochat)
+from nanochat.hf_export import HFExportError, export_to_hf, import_hf_dir, load_hf_dir_as_nanochat
+from nanochat.hf_tokenizer import CHAT_TEMPLATE, encoding_from_tokenizer_json, hf_tokenizer_from_encoding
 from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, RustBPETokenizer, save_token_bytes
 
 transformers = pytest.importorskip("transformers")
@@ -131,7 +131,7 @@ def encoding_from_bpe_training(texts, vocab_size):
     from tokenizers import Regex, Tokenizer, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
-    from nanochat.hf_export import bytes_to_unicode
+    from nanochat.hf_tokenizer import bytes_to_unicode
     tok = Tokenizer(BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(pattern=Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
