@@ -12,6 +12,9 @@ Usage from a stage script:
     report = get_report()                       # a real Report on rank 0, a no-op on other ranks
     report.log(section="Base model training", data=[user_config, {"Minimum validation bpb": 0.81}])
 
+`log` also stores the section's dict items, unformatted, in `<slug>.json` beside `<slug>.md`; the
+summary table is built from those, not parsed back out of the markdown.
+
 Training curves: a stage records points as it goes, and `generate` draws them.
 
     report.log_metrics("Base model training", step, train_loss=2.91)   # any numeric keywords
@@ -35,6 +38,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -115,50 +119,18 @@ def estimate_cost(gpu_info, runtime_hours=None):
 # -----------------------------------------------------------------------------
 # Code size ("bloat")
 
-BLOAT_EXTENSIONS = ("py", "md", "rs", "html", "toml", "sh")
-FILES_TO_PROMPT = ("files-to-prompt . -e py -e md -e rs -e html -e toml -e sh "
-                   "--ignore \"*target*\" --cxml")
-
-
-def _repo_source_files(root):
-    """Relative paths of the repo's source files: git's view when available, else a filtered walk."""
-    listed = run_command("git ls-files --cached --others --exclude-standard", cwd=root)
-    if listed is not None:
-        paths = [p for p in listed.split("\n") if p]
-    else:
-        paths = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    paths.append(os.path.relpath(os.path.join(dirpath, name), root))
-    keep = []
-    for path in sorted(paths):
-        parts = path.split(os.sep) if os.sep in path else path.split("/")
-        if any(part.startswith(".") or "target" in part for part in parts):
-            continue
-        if path.rsplit(".", 1)[-1] in BLOAT_EXTENSIONS and os.path.isfile(os.path.join(root, path)):
-            keep.append(path)
-    return keep
-
-
-def _cxml_dump(root):
-    """The same `--cxml` document files-to-prompt writes, built without it."""
-    chunks = ["<documents>"]
-    for index, path in enumerate(_repo_source_files(root), start=1):
-        with open(os.path.join(root, path), encoding="utf-8", errors="replace") as f:
-            content = f.read()
-        chunks += [f'<document index="{index}">', f"<source>{path}</source>", "<document_content>",
-                   content, "</document_content>", "</document>"]
-    chunks.append("</documents>")
-    return "\n".join(chunks)
+# the reference's command: files-to-prompt . -e py -e md -e rs -e html -e toml -e sh --ignore "*target*" --cxml
+FILES_TO_PROMPT_ARGS = [".", "-e", "py", "-e", "md", "-e", "rs", "-e", "html", "-e", "toml", "-e", "sh",
+                        "--ignore", "*target*", "--cxml"]
 
 
 def get_bloat_info(root=REPO_ROOT):
-    """Characters, lines, files and approximate tokens of the source, plus uv.lock lines."""
-    packed = run_command(FILES_TO_PROMPT, cwd=root)
-    if not packed:  # files-to-prompt missing or failed: count the files ourselves
-        packed = _cxml_dump(root)
+    """Characters, lines, files and approximate tokens of the source as files-to-prompt packs it, plus uv.lock lines."""
+    # the pinned package run by this interpreter, so it is found without the venv's bin/ on PATH;
+    # stdin closed because files-to-prompt reads extra paths from a non-terminal stdin
+    result = subprocess.run([sys.executable, "-m", "files_to_prompt", *FILES_TO_PROMPT_ARGS], cwd=root, check=True,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    packed = result.stdout.strip()
     lines = packed.split("\n")
     uv_lock = os.path.join(root, "uv.lock")
     dependencies = 0
@@ -250,6 +222,27 @@ EXPECTED_FILES = [
 chat_metrics = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE"]
 
 SUMMARY_STAGES = ["base", "mid", "sft", "rl"]
+# section file -> (summary column, the metrics it contributes)
+SUMMARY_SOURCES = {
+    "base-model-evaluation.md": ("base", ["CORE"]),
+    "chat-evaluation-mid.md": ("mid", chat_metrics),
+    "chat-evaluation-sft.md": ("sft", chat_metrics),
+    "chat-evaluation-rl.md": ("rl", ["GSM8K"]),
+}
+
+
+def headline_metrics(logged, names):
+    """{name: formatted value} of the summary metrics among a section's logged {key: value}: a metric is
+    logged under its own name or as "<name> metric"; a CORE over only some tasks is labelled as such."""
+    found = {}
+    for key, value in logged.items():
+        name = key.removesuffix(" metric")
+        partial = re.fullmatch(r"CORE over (\d+) of (\d+) tasks.*", name)
+        if partial and "CORE" in names:  # some task files were missing: never pass it off as CORE
+            found[f"CORE ({partial.group(1)}/{partial.group(2)})"] = format_value(value)
+        elif name in names:
+            found[name] = format_value(value)
+    return found
 
 
 def extract(section, keys):
@@ -319,9 +312,14 @@ class Report:
     def log(self, section, data):
         """(Over)write this stage's section; data items are strings (verbatim) or dicts (`- k: v`)."""
         path = os.path.join(self.report_dir, f"{slugify(section)}.md")
+        timestamp = now()
+        logged = {key: value for item in data if isinstance(item, dict) for key, value in item.items()}
+        # the same values, unformatted, for generate's summary (no parsing the markdown back)
+        with open(path[:-len(".md")] + ".json", "w", encoding="utf-8") as f:
+            json.dump({"timestamp": timestamp, "metrics": logged}, f, indent=2, default=str)
         with open(path, "w", encoding="utf-8") as f:
             f.write(f"## {section}\n")
-            f.write(f"timestamp: {now()}\n\n")
+            f.write(f"timestamp: {timestamp}\n\n")
             for item in data:
                 if not item:
                     continue
@@ -351,12 +349,8 @@ class Report:
 
     def _make_plots(self):
         """{section slug: plot path relative to the report dir} for every stage with metrics."""
+        from nanochat.report_plots import plot_all_stages
         if not os.path.isdir(self.metrics_dir):
-            return {}
-        try:
-            from nanochat.report_plots import plot_all_stages
-        except ImportError as e:
-            print(f"Warning: cannot draw training curves ({e}); install matplotlib for plots")
             return {}
         return plot_all_stages(self.metrics_dir, self.plots_dir, relative_to=self.report_dir)
 
@@ -405,11 +399,12 @@ class Report:
                 continue
             with open(section_file, encoding="utf-8") as f:
                 section = f.read()
-            if "rl" not in file_name:  # RL is optional and comes last; it does not end the clock
-                end_time = extract_timestamp(section, "timestamp:") or end_time
-            stage_metrics = self._section_metrics(file_name, section)
-            if stage_metrics is not None:
-                final_metrics[stage_metrics[0]] = stage_metrics[1]
+            logged = self._logged(file_name)
+            if "rl" not in file_name and logged:  # RL is optional and comes last; it does not end the clock
+                end_time = datetime.datetime.strptime(logged["timestamp"], TIME_FORMAT)
+            if file_name in SUMMARY_SOURCES and logged:
+                stage, names = SUMMARY_SOURCES[file_name]
+                final_metrics[stage] = headline_metrics(logged["metrics"], names)
             out.write(section)
             slug = file_name[:-len(".md")]
             if slug in plots:
@@ -428,25 +423,18 @@ class Report:
         with open("report.md", "w", encoding="utf-8") as f:
             f.write(content)
 
-    @staticmethod
-    def _section_metrics(file_name, section):
-        if file_name == "base-model-evaluation.md":
-            found = extract(section, "CORE")
-            partial = re.search(r"CORE over (\d+) of (\d+) tasks", section)
-            if partial and "CORE" in found:  # some task files were missing: never pass it off as CORE
-                found = {f"CORE ({partial.group(1)}/{partial.group(2)})": found["CORE"]}
-            return "base", found
-        if file_name == "chat-evaluation-mid.md":
-            return "mid", extract(section, chat_metrics)
-        if file_name == "chat-evaluation-sft.md":
-            return "sft", extract(section, chat_metrics)
-        if file_name == "chat-evaluation-rl.md":
-            return "rl", extract(section, "GSM8K")
-        return None
+    def _logged(self, file_name):
+        """{"timestamp", "metrics"} that log() stored beside a section, or None for a hand-written section."""
+        path = os.path.join(self.report_dir, file_name[:-len(".md")] + ".json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
 
     def reset(self):
         """Start a new run: drop old sections, metrics and plots; write a fresh header."""
-        for file_name in EXPECTED_FILES + ["report.md"]:
+        logged = [name[:-len(".md")] + ".json" for name in EXPECTED_FILES]
+        for file_name in EXPECTED_FILES + logged + ["report.md"]:
             path = os.path.join(self.report_dir, file_name)
             if os.path.exists(path):
                 os.remove(path)

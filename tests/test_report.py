@@ -1,6 +1,7 @@
 """Report card: environment header, section files, the summary table and the training-curve plots."""
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -120,33 +121,19 @@ def make_source_tree(root):
     (root / "uv.lock").write_text("one\ntwo\nthree\n")
 
 
-def test_bloat_without_files_to_prompt_counts_the_files_itself(tmp_path, monkeypatch):
+def test_bloat_counts_what_files_to_prompt_packs(tmp_path, monkeypatch):
     make_source_tree(tmp_path)
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    monkeypatch.setenv("PATH", "/nonexistent")  # neither files-to-prompt nor git can be found
+    monkeypatch.setenv("PATH", "/nonexistent")  # the pinned package is run by this interpreter, not found on PATH
     info = report_mod.get_bloat_info(str(tmp_path))
     expected = "\n".join([
         "<documents>",
-        '<document index="1">', "<source>a.py</source>", "<document_content>", "print('a')\n",
+        '<document index="1">', "<source>./a.py</source>", "<document_content>", "print('a')\n",
         "</document_content>", "</document>",
-        '<document index="2">', "<source>docs/b.md</source>", "<document_content>", "# B\n\ntext\n",
+        '<document index="2">', "<source>./docs/b.md</source>", "<document_content>", "# B\n\ntext\n",
         "</document_content>", "</document>",
         "</documents>"])
     assert info == {"chars": len(expected), "lines": expected.count("\n") + 1, "files": 2,
                     "tokens": len(expected) // 4, "dependencies": 3}
-
-
-def test_bloat_uses_files_to_prompt_when_present(tmp_path, monkeypatch):
-    packed = "<documents>\n<source>x.py</source>\nabc\n<source>y.md</source>\n</documents>"
-    seen = []
-
-    def fake_run(cmd, cwd=None):
-        seen.append(cmd)
-        return packed if cmd.startswith("files-to-prompt") else None
-    monkeypatch.setattr(report_mod, "run_command", fake_run)
-    info = report_mod.get_bloat_info(str(tmp_path))
-    assert seen == [report_mod.FILES_TO_PROMPT]
-    assert info == {"chars": len(packed), "lines": 5, "files": 2, "tokens": len(packed) // 4, "dependencies": 0}
 
 
 def test_format_value():
@@ -193,9 +180,10 @@ def test_extract_timestamp():
     assert extract_timestamp("nothing here\n", "timestamp:") is None
 
 
-def write_section(report_dir, file_name, title, timestamp, lines):
-    with open(os.path.join(report_dir, file_name), "w") as f:
-        f.write(f"## {title}\ntimestamp: {timestamp}\n\n" + "".join(line + "\n" for line in lines) + "\n")
+def write_section(report, monkeypatch, title, timestamp, metrics):
+    """A stage's section, logged the way the stages log theirs, at a given time."""
+    monkeypatch.setattr(report_mod, "now", lambda: timestamp)
+    report.log(title, [metrics])
 
 
 @pytest.fixture
@@ -205,19 +193,17 @@ def finished_run(tmp_path, fake_env, monkeypatch):
     report = Report(str(report_dir))
     monkeypatch.setattr(report_mod, "now", lambda: "2025-10-13 09:00:00")
     report.reset()
-    d = str(report_dir)
-    write_section(d, "tokenizer-training.md", "Tokenizer training", "2025-10-13 09:10:00", ["- vocab_size: 65,536"])
-    write_section(d, "base-model-training.md", "Base model training", "2025-10-13 12:00:00", ["- depth: 20"])
-    write_section(d, "base-model-evaluation.md", "Base model evaluation", "2025-10-13 12:10:00",
-                  ["- Model: base_model (step 21400)", "- CORE metric: 0.2219", "- hellaswag: 0.2570"])
-    chat_lines = ["- ARC-Challenge: 0.2807", "- MMLU: 0.3111", "- GSM8K: 0.0250", "- HumanEval: 0.0671",
-                  "- SpellingBee: 0.9844", "- ChatCORE metric: 0.0730"]
-    write_section(d, "chat-evaluation-mid.md", "Chat evaluation mid", "2025-10-13 12:40:00",
-                  ["- source: mid", "- ARC-Easy: 0.3561"] + chat_lines)
-    write_section(d, "chat-evaluation-sft.md", "Chat evaluation sft", "2025-10-13 12:25:00",
-                  ["- source: sft", "- ARC-Easy: 0.3876"] + chat_lines)
-    write_section(d, "chat-evaluation-rl.md", "Chat evaluation rl", "2025-10-13 15:00:00",
-                  ["- task_name: GSM8K", "- GSM8K: 0.0758"])
+    log = functools.partial(write_section, report, monkeypatch)
+    log("Tokenizer training", "2025-10-13 09:10:00", {"vocab_size": 65536})
+    log("Base model training", "2025-10-13 12:00:00", {"depth": 20})
+    log("Base model evaluation", "2025-10-13 12:10:00",
+        {"Model": "base_model (step 21400)", "CORE metric": 0.2219, "hellaswag": 0.2570})
+    chat = {"ARC-Challenge": 0.2807, "MMLU": 0.3111, "GSM8K": 0.0250, "HumanEval": 0.0671,
+            "SpellingBee": 0.9844, "ChatCORE metric": 0.0730}
+    log("Chat evaluation mid", "2025-10-13 12:40:00", {"source": "mid", "ARC-Easy": 0.3561, **chat})
+    log("Chat evaluation sft", "2025-10-13 12:25:00", {"source": "sft", "ARC-Easy": 0.3876, **chat})
+    log("Chat evaluation rl", "2025-10-13 15:00:00", {"task_name": "GSM8K", "GSM8K": 0.0758})
+    monkeypatch.setattr(report_mod, "now", lambda: "2025-10-13 09:00:00")
     monkeypatch.chdir(tmp_path)
     return report
 
