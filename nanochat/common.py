@@ -145,10 +145,7 @@ def _looks_unreachable(error):
 
 
 def _progress_bar(total, desc):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
+    from tqdm import tqdm
     return tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, leave=False)
 
 

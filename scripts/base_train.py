@@ -128,7 +128,7 @@ def main(argv=None):
             raise ValueError(f"checkpoint model config {meta['model_config']} does not match this run's "
                              f"{model_config.__dict__}; resume with the same depth/max_seq_len/tokenizer")
         start_step, val_bpb = meta["step"], meta.get("val_bpb")
-        # every rank resumes its own loader position (older checkpoints hold rank 0's only)
+        # every rank resumes its own loader position (the original's checkpoints hold rank 0's only)
         rank_states = meta.get("dataloader_state_dicts")
         loader_state = rank_states[rank] if rank_states and len(rank_states) == world_size else meta["dataloader_state_dict"]
         loop_state = meta["loop_state"]
@@ -193,7 +193,7 @@ def main(argv=None):
                 "user_config": user_config,
                 "device_batch_size": cfg.device_batch_size,
                 "max_seq_len": cfg.max_seq_len,
-                "dataloader_state_dict": rank_states[0],  # position after the last batch trained on
+                "dataloader_state_dict": rank_states[0],  # the original's key (rank 0), so its tools can resume
                 "dataloader_state_dicts": rank_states,
                 "loop_state": {"min_val_bpb": min_val_bpb, "smooth_train_loss": loss_tracker.ema,
                                "total_training_time": total_training_time},

@@ -37,7 +37,7 @@ DEFAULTS = dict(
     device_type="",  # cuda|cpu|mps; "" = autodetect
     model_tag=None,  # base model tag to load (default: the largest)
     step=None,  # base model step to load (default: the last)
-    dtype="bfloat16",  # kept for command-line compatibility: autocast is always bf16 on CUDA, fp32 elsewhere
+    dtype="bfloat16",  # "float32" turns CUDA autocast off
     num_iterations=-1,  # optimizer steps; -1 = one pass over the train mixture
     max_seq_len=2048,
     device_batch_size=32,
@@ -86,7 +86,7 @@ def main(argv=None, tasks_fn=build_tasks):
     device_type = cfg.device_type or autodetect_device_type()
     ddp, rank, _, world_size, device = compute_init(device_type)
     master_process = rank == 0
-    autocast_ctx = autocast_context(device_type)
+    autocast_ctx = autocast_context(device_type, cfg.dtype)
     wandb_run = init_wandb(cfg.run, user_config, master_process, project="nanochat-mid")
 
     model, tokenizer, base_meta = load_model("base", device, phase="train", model_tag=cfg.model_tag, step=cfg.step)
