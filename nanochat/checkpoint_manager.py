@@ -13,17 +13,14 @@ find_last_step ignores, and the previous checkpoint stays loadable.
 
 import glob
 import json
-import logging
 import os
 import re
 
 import torch
 import torch.distributed as dist
 
-from nanochat.common import get_base_dir
+from nanochat.common import get_base_dir, print0
 from nanochat.gpt import GPT, GPTConfig
-
-logger = logging.getLogger(__name__)
 
 # The one registry of checkpoint families: source -> (directory under the base dir, the stage that writes it).
 SOURCE_DIRS = {
@@ -36,11 +33,6 @@ SOURCE_DIRS = {
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read."""
-
-
-def log0(message):
-    if int(os.environ.get("RANK", 0)) == 0:
-        logger.info(message)
 
 
 def _model_path(d, step):
@@ -76,7 +68,7 @@ def _atomic_write(path, write_fn):
 
 def _torch_save(obj, path):
     _atomic_write(path, lambda f: torch.save(obj, f))
-    log0(f"Saved {path}")
+    print0(f"Saved {path}")
 
 
 def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data, rank=0, rank_state=None):
@@ -98,7 +90,7 @@ def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data,
         text = json.dumps(meta_data, indent=2).encode("utf-8")
         path = _meta_path(checkpoint_dir, step)
         _atomic_write(path, lambda f: f.write(text))
-        log0(f"Saved {path}")
+        print0(f"Saved {path}")
 
 
 def _load_torch(path, device):
@@ -189,7 +181,7 @@ def build_model(checkpoint_dir, step, device, phase):
         raise ValueError(f"tokenizer vocab size {tokenizer.get_vocab_size()} does not match the checkpoint's "
                          f"{model_config.vocab_size} ({checkpoint_dir}); the tokenizer in "
                          f"{os.path.join(get_base_dir(), 'tokenizer')} is not the one this model was trained with")
-    log0(f"Building model with config: {model_config}")
+    print0(f"Building model with config: {model_config}")
     return model_from_state_dict(model_config, model_data, device, phase), tokenizer, meta_data
 
 
@@ -264,11 +256,11 @@ def resolve_checkpoint(checkpoints_dir, model_tag=None, step=None):
             model_tag = find_largest_model(checkpoints_dir)
         except FileNotFoundError:
             raise _not_found(checkpoints_dir) from None
-        log0(f"No model tag provided, guessing model tag: {model_tag}")
+        print0(f"No model tag provided, guessing model tag: {model_tag}")
     steps = available_steps(os.path.join(checkpoints_dir, model_tag))
     if step is None and steps:
         step = steps[-1]
-        log0(f"No model step provided, guessing model step: {step}")
+        print0(f"No model step provided, guessing model step: {step}")
     if step not in steps:
         raise _not_found(checkpoints_dir, f" tag={model_tag}" + (f" step={step}" if step is not None else ""))
     return os.path.join(checkpoints_dir, model_tag), step

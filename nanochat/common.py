@@ -230,6 +230,20 @@ def get_dist_info():
     return False, 0, 0, 1
 
 
+def sum_across_ranks(values, device):
+    """Element-wise sum of a list of numbers over all ranks (the list itself in a single process)."""
+    t = torch.tensor(values, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def mean_across_ranks(values, device):
+    """Element-wise mean of a list of numbers over all ranks (a sum, since gloo has no AVG)."""
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return [v / world_size for v in sum_across_ranks([float(v) for v in values], device)]
+
+
 def autodetect_device_type():
     if torch.cuda.is_available():
         device_type = "cuda"

@@ -17,6 +17,8 @@ import ast
 import os
 import sys
 
+from nanochat.common import print0
+
 
 class ConfigError(ValueError):
     pass
@@ -91,7 +93,7 @@ def apply_overrides(defaults, argv=None, log=None):
     if argv is None:
         argv = sys.argv[1:]
     if log is None:
-        log = _print_rank0
+        log = print0
     values = dict(defaults)
     for arg in argv:
         if arg == "--":
@@ -116,8 +118,3 @@ def apply_overrides(defaults, argv=None, log=None):
 
 def configure(defaults, argv=None, log=None):
     return Config(apply_overrides(defaults, argv, log))
-
-
-def _print_rank0(message):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(message)

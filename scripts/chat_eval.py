@@ -11,10 +11,9 @@ import argparse
 from functools import partial
 
 import torch
-import torch.distributed as dist
 
 from nanochat.common import (autocast_context, autodetect_device_type, compute_cleanup, compute_init, get_dist_info,
-                             print0)
+                             print0, sum_across_ranks)
 from tasks.arc import ARC
 from tasks.gsm8k import GSM8K
 from tasks.humaneval import HumanEval
@@ -38,14 +37,6 @@ def _rank_world():
     return rank, world_size
 
 
-def _sum_across_ranks(values, device):
-    """All-reduce a list of counts (no-op in a single process)."""
-    tensor = torch.tensor(values, dtype=torch.long, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
-
-
 def run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_new_tokens, temperature, top_k,
                         max_problems=None):
     """pass@num_samples: a problem passes if any of its samples passes task.evaluate."""
@@ -65,7 +56,7 @@ def run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_
         num_passed += int(passed)
         print(f"\r\033[KRank {rank} | {num_passed}/{total} ({100 * num_passed / total:.2f}%)", end="", flush=True)
     print()
-    num_passed, total = _sum_across_ranks([num_passed, total], device)
+    num_passed, total = sum_across_ranks([num_passed, total], device)
     print0("=" * 50)
     print0(f"Final: {num_passed}/{total} ({100 * num_passed / max(total, 1):.2f}%)")
     return num_passed / total if total else 0.0
@@ -110,7 +101,7 @@ def run_categorical_eval(task_object, tokenizer, model, batch_size, max_problems
             predicted_letter = letters[focus_logits.argmax(dim=-1).item()]
             num_passed += int(task_object.evaluate(conversation, predicted_letter))
             total += 1
-    num_passed, total = _sum_across_ranks([num_passed, total], device)
+    num_passed, total = sum_across_ranks([num_passed, total], device)
     average = num_passed / total if total else 0.0
     print0(f"Final: {num_passed}/{total} ({100 * average:.2f}%)")
     return average

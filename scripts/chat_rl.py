@@ -13,12 +13,9 @@ CPU example (tiny model, a few steps):
 import itertools
 import os
 
-import torch
-import torch.distributed as dist
-
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
-                             print0, print_banner)
+                             mean_across_ranks, print0, print_banner, sum_across_ranks)
 from nanochat.configurator import configure
 from nanochat.engine import Engine
 from nanochat.policy_gradient import policy_gradient_loss, sample_rollouts
@@ -70,23 +67,15 @@ def run_gsm8k_eval(task, tokenizer, engine, max_examples=None, num_samples=1, ma
 
 def pass_at_k(records, k_max, device):
     """Fraction of examples with a correct answer among the first k samples, k = 1..k_max, over all ranks."""
-    counts = torch.zeros(k_max + 1, device=device)  # last slot: number of examples
+    counts = [0] * (k_max + 1)  # last slot: number of examples
     for record in records:
         correct = [o["is_correct"] for o in record["outcomes"]]
         for k in range(1, k_max + 1):
             counts[k - 1] += any(correct[:k])
         counts[k_max] += 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    total = max(counts[k_max].item(), 1)
-    return {f"pass@{k}": counts[k - 1].item() / total for k in range(1, k_max + 1)}
-
-
-def mean_across_ranks(values, device):
-    t = torch.tensor([float(v) for v in values], device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.AVG)
-    return t.tolist()
+    counts = sum_across_ranks(counts, device)
+    total = max(counts[k_max], 1)
+    return {f"pass@{k}": counts[k - 1] / total for k in range(1, k_max + 1)}
 
 
 def main(argv=None, train_task=None, val_task=None):

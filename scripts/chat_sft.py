@@ -17,12 +17,11 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 from nanochat.chat_data import PaddedConversations, nonempty_tasks  # noqa: E402
 from nanochat.checkpoint_manager import load_model  # noqa: E402
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
-                             print0, print_banner)
+                             mean_across_ranks, print0, print_banner, sum_across_ranks)
 from nanochat.configurator import configure  # noqa: E402
 from nanochat.training import (apply_schedule, autocast_context, gather_loader_states, get_report,  # noqa: E402
                                init_wandb, is_due, linear_decay_lr_multiplier, load_training_checkpoint,
@@ -69,13 +68,6 @@ def build_tasks():
              ("identity", CustomJSON(identity)), ("SimpleSpelling", SimpleSpelling(size=300, split="train")),
              ("SpellingBee", SpellingBee(size=300, split="train"))]
     return train, [("SmolTalk test", SmolTalk("test"))]
-
-
-def mean_across_ranks(value, device):
-    t = torch.tensor(float(value), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.AVG)
-    return t.item()
 
 
 def chat_metrics(model, tokenizer, max_problems, batch_size):
@@ -142,7 +134,7 @@ def main(argv=None, tasks_fn=build_tasks):
             val_loader = padded(val_ds, name="sft val")
             with torch.no_grad(), autocast_ctx:
                 losses = [model(*next(val_loader)).item() for _ in range(cfg.eval_steps)]
-            metrics["val_loss"] = mean_across_ranks(sum(losses) / len(losses), device)
+            metrics["val_loss"] = mean_across_ranks([sum(losses) / len(losses)], device)[0]
             model.train()
             results["val_loss"][step] = metrics["val_loss"]
             print0(f"Step {step:05d} | Validation loss: {metrics['val_loss']:.6f}")
@@ -172,8 +164,7 @@ def main(argv=None, tasks_fn=build_tasks):
             train_loss = loss.detach()
             (loss / accum_steps).backward()
             num_tokens += (y >= 0).sum()
-        if ddp:
-            dist.all_reduce(num_tokens, op=dist.ReduceOp.SUM)
+        num_tokens = sum_across_ranks([num_tokens.item()], device)[0]
         lrm = linear_decay_lr_multiplier(step, num_iterations)
         apply_schedule(optimizers, lrm)
         for opt in optimizers:
@@ -183,8 +174,8 @@ def main(argv=None, tasks_fn=build_tasks):
         train_loss = train_loss.item()
         results["losses"][step] = train_loss
         print0(f"Step {step:05d}/{num_iterations:05d} | Training loss: {train_loss:.6f} | lrm: {lrm:.6f} "
-               f"| num_tokens: {num_tokens.item():,}")
-        wandb_run.log({"step": step, "lrm": lrm, "train_loss": train_loss, "num_tokens": num_tokens.item()})
+               f"| num_tokens: {num_tokens:,}")
+        wandb_run.log({"step": step, "lrm": lrm, "train_loss": train_loss, "num_tokens": num_tokens})
         report.log_metrics(SECTION, step, train_loss=train_loss, lrm=lrm)
 
     report.log(section=SECTION, data=[
