@@ -174,14 +174,17 @@ class PaddedConversations:
 def collate_padded(batch, pad_id):
     """
     [(ids, mask), ...] -> (inputs, targets), both int64 (B, max_len-1). Inputs are ids[:-1]
-    padded with `pad_id`; targets are ids[1:] with -1 where mask[1:] == 0 and on padding.
+    padded with `pad_id`; targets are ids[1:] with -1 where mask[1:] == 0 and on padding, so only
+    the tokens a mask marks (the assistant's in SFT, the sampled ones in RL) are trained on.
     """
-    width = max(len(ids) for ids, _ in batch) - 1
+    width = max((len(ids) for ids, _ in batch), default=0) - 1
     if width < 1:
-        raise ValueError("every conversation in the batch is shorter than 2 tokens")
+        raise ValueError("every sequence in the batch is shorter than 2 tokens")
     inputs = torch.full((len(batch), width), pad_id, dtype=torch.long)
     targets = torch.full((len(batch), width), -1, dtype=torch.long)
     for i, (ids, mask) in enumerate(batch):
+        if len(ids) != len(mask):
+            raise ValueError(f"sequence {i} has {len(ids)} tokens but {len(mask)} mask entries")
         n = len(ids) - 1
         ids_t = torch.tensor(ids, dtype=torch.long)
         mask_t = torch.tensor(mask[1:], dtype=torch.long)

@@ -2,14 +2,15 @@
 On-policy REINFORCE for chat RL (a simplified GRPO): sample completions for a prompt, score
 them, and push up the log-probability of better-than-average samples.
 
-- `sample_rollouts`: one group of completions for one prompt, padded into training tensors.
+- `sample_rollouts`: one group of completions for one prompt, padded into training tensors
+  (by chat_data's `collate_padded`, as SFT's rows).
 - `group_advantages`: reward minus the group mean (no std normalisation, no KL, no clipping).
 - `policy_gradient_loss`: token-level normalised objective; its gradient accumulates over passes.
 """
 
 import torch
 
-ASSISTANT_END = "<|assistant_end|>"
+from nanochat.chat_data import ASSISTANT_END, collate_padded
 
 
 def group_advantages(rewards):
@@ -18,28 +19,6 @@ def group_advantages(rewards):
     if rewards.numel() == 0:
         raise ValueError("cannot compute advantages of an empty group of rewards")
     return rewards - rewards.mean(dim=-1, keepdim=True)
-
-
-def pad_rollouts(sequences, masks, pad_id):
-    """
-    Token lists (prompt + completion) and their masks (1 = sampled by the policy) ->
-    (inputs, targets) int64 (N, L-1): right-padded with `pad_id`, targets -1 wherever the next
-    token was not sampled (prompt, calculator output, padding), so only sampled tokens are trained.
-    """
-    if len(sequences) != len(masks) or not sequences:
-        raise ValueError(f"need as many masks as sequences (got {len(sequences)} and {len(masks)}), at least one")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, (seq, m) in enumerate(zip(sequences, masks)):
-        if len(seq) != len(m):
-            raise ValueError(f"sequence {i} has {len(seq)} tokens but {len(m)} mask entries")
-        ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, :len(m)] = torch.tensor(m, dtype=torch.long)
-    inputs = ids[:, :-1]
-    targets = ids[:, 1:].clone()
-    targets[mask[:, 1:] == 0] = -1
-    return inputs, targets
 
 
 @torch.no_grad()
@@ -66,7 +45,9 @@ def sample_rollouts(engine, tokenizer, prompt_ids, reward_fn, num_samples, devic
     engine.model.train(was_training)
     prefix = len(prompt_ids)
     rewards = torch.tensor([float(reward_fn(tokenizer.decode(seq[prefix:]))) for seq in sequences])
-    inputs, targets = pad_rollouts(sequences, masks, tokenizer.encode_special(ASSISTANT_END))
+    # the masks are 1 on sampled tokens: the prompt, calculator output and padding are not trained on
+    pad_id = tokenizer.encode_special(ASSISTANT_END)
+    inputs, targets = collate_padded(list(zip(sequences, masks, strict=True)), pad_id)
     return {"sequences": sequences, "inputs": inputs, "targets": targets,
             "rewards": rewards, "advantages": group_advantages(rewards)}
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.policy_gradient import group_advantages, pad_rollouts, policy_gradient_loss
+from nanochat.chat_data import collate_padded
+from nanochat.policy_gradient import group_advantages, policy_gradient_loss
 
 
 def test_advantages_are_reward_minus_group_mean():
@@ -18,12 +19,12 @@ def test_advantages_are_reward_minus_group_mean():
         group_advantages([])
 
 
-def test_pad_rollouts_trains_only_sampled_tokens():
-    inputs, targets = pad_rollouts([[1, 2, 3, 4], [1, 2, 9]], [[0, 0, 1, 0], [0, 0, 1]], pad_id=7)
-    assert inputs.tolist() == [[1, 2, 3], [1, 2, 9]]
+def test_rollouts_collate_to_train_only_sampled_tokens():
+    inputs, targets = collate_padded([([1, 2, 3, 4], [0, 0, 1, 0]), ([1, 2, 9], [0, 0, 1])], pad_id=7)
+    assert inputs.tolist() == [[1, 2, 3], [1, 2, 7]]
     assert targets.tolist() == [[-1, 3, -1], [-1, 9, -1]]  # prompt, forced token and padding ignored
     with pytest.raises(ValueError, match="mask entries"):
-        pad_rollouts([[1, 2]], [[0]], pad_id=7)
+        collate_padded([([1, 2], [0])], pad_id=7)
 
 
 def test_loss_matches_the_token_normalised_formula():
