@@ -12,6 +12,8 @@ resumed run continues from exactly the same position.
 
 import torch
 
+from nanochat.token_stream import TokenStream
+
 ASSISTANT_END = "<|assistant_end|>"
 MAX_WARNINGS = 5
 
@@ -62,12 +64,12 @@ class PackedConversations:
         self.epochs = state.get("epochs", 0)
         self.progress = state.get("progress", 0.0)
         self.last_step = False
-        self.chunks = []  # [cursor, ids, consumed, epochs before it] per buffered conversation
+        self.stream = TokenStream()  # rendered conversations; each origin is (cursor, epochs before it)
 
     def state_dict(self):
         """Small JSON-able position: where the next batch's first token comes from."""
-        if self.chunks:
-            head_cursor, _, head_offset, epochs = self.chunks[0]
+        if self.stream.pieces:
+            (head_cursor, epochs), head_offset = self.stream.head.origin, self.stream.head.offset
         else:
             head_cursor, head_offset, epochs = self.cursor, self.head_offset, self.epochs
         return {"head_cursor": head_cursor, "head_offset": head_offset, "iterations": self.iterations,
@@ -77,9 +79,8 @@ class PackedConversations:
         return self
 
     def _fill(self, needed):
-        buffered = sum(len(ids) - used for _, ids, used, _ in self.chunks)
         size = len(self.walker.dataset)
-        while buffered < needed:
+        while self.stream.available < needed:
             cursor, epochs = self.cursor, self.epochs
             rendered = self.walker.render(cursor)
             self.cursor += self.walker.world_size
@@ -90,30 +91,14 @@ class PackedConversations:
                     self.last_step = True
             if rendered is None:
                 continue
-            ids = rendered[0]
-            used = 0
-            if self.head_offset:  # resuming part-way into this conversation
-                used, self.head_offset = self.head_offset, 0
-            self.chunks.append([cursor, ids, used, epochs])
-            buffered += len(ids) - used
-
-    def _take(self, n):
-        """Consume the next n stream tokens, then append (without consuming) the one after them."""
-        out = []
-        while len(out) < n:
-            chunk = self.chunks[0]
-            piece = chunk[1][chunk[2]:chunk[2] + n - len(out)]
-            out.extend(piece)
-            chunk[2] += len(piece)
-            if chunk[2] == len(chunk[1]):
-                self.chunks.pop(0)
-        head = self.chunks[0]
-        out.append(head[1][head[2]])
-        return out
+            # a resumed stream starts part-way into its first conversation
+            self.stream.push(rendered[0], (cursor, epochs), offset=self.head_offset)
+            self.head_offset = 0
 
     def __next__(self):
         self._fill(self.B * self.T + 1)
-        tokens = self._take(self.B * self.T)
+        tokens = self.stream.take(self.B * self.T)
+        tokens.append(self.stream.peek())  # the last target is the next batch's first input
         self.iterations += 1
         if self.num_iterations > 0:
             if self.iterations >= self.num_iterations:

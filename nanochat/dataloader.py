@@ -17,12 +17,23 @@ Beyond the reference design:
   per shard, as in the reference shards, both give every rank an equal share.
 """
 
-from collections import deque
+from dataclasses import dataclass
 
 import torch
 
 from nanochat.common import get_dist_info
 from nanochat.dataset import open_shard, read_row_group, split_files
+from nanochat.token_stream import TokenStream
+
+
+@dataclass
+class _RowGroup:
+    """The row group being tokenized."""
+    epoch: int
+    pq_idx: int
+    rg_idx: int
+    docs: list
+    next_doc: int  # index of the next document to tokenize
 
 
 def iterate_row_groups(files, rank, world_size, start=(0, 0, 0)):
@@ -96,52 +107,33 @@ def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads
     epoch, pq_idx, min_rg, doc_idx, token_idx = _start_position(resume_state_dict, rank, world_size, files)
     row_groups = iterate_row_groups(files, rank, world_size, start=(epoch, pq_idx, min_rg))
 
-    # pending documents, oldest first: [position, tokens, offset of the next unconsumed token]
-    pending = deque()
-    num_pending = 0
+    stream = TokenStream()  # tokenized documents; each origin is (epoch, pq_idx, rg_idx, doc_idx)
 
     def tokenize_more():
-        """Tokenize the next document batch (<= tokenizer_batch_size docs) and append it to `pending`."""
-        nonlocal num_pending, current, skip_docs, skip_tokens
-        if current is None or current[4] >= len(current[3]):
-            e, p, r, docs = next(row_groups)
-            current = [e, p, r, docs, skip_docs]
+        """Tokenize the next document batch (<= tokenizer_batch_size docs) into the stream."""
+        nonlocal current, skip_docs, skip_tokens
+        if current is None or current.next_doc >= len(current.docs):
+            current = _RowGroup(*next(row_groups), next_doc=skip_docs)
             skip_docs = 0
-        e, p, r, docs, first = current
-        chunk = docs[first:first + tokenizer_batch_size]
-        current[4] = first + len(chunk)
+        first = current.next_doc
+        chunk = current.docs[first:first + tokenizer_batch_size]
+        current.next_doc = first + len(chunk)
         for i, ids in enumerate(tokenizer.encode(chunk, prepend=bos, num_threads=tokenizer_threads)):
-            offset, skip_tokens = skip_tokens, 0  # only the resumed document starts mid-way
-            pending.append([(e, p, r, first + i), ids, offset])
-            num_pending += len(ids) - offset
+            origin = (current.epoch, current.pq_idx, current.rg_idx, first + i)
+            stream.push(ids, origin, offset=skip_tokens)  # only the resumed document starts mid-way
+            skip_tokens = 0
 
-    def take(n):
-        """Pop the next n tokens off `pending` (consuming them) as one list."""
-        nonlocal num_pending
-        out = []
-        while len(out) < n:
-            entry = pending[0]
-            _, ids, offset = entry
-            end = min(len(ids), offset + n - len(out))
-            out.extend(ids[offset:end])
-            entry[2] = end
-            if end == len(ids):
-                pending.popleft()
-        num_pending -= n
-        return out
-
-    # current = [epoch, pq_idx, rg_idx, docs, index of the next doc to tokenize] of the open row group;
     # skip_docs/skip_tokens position the first row group/document of a resumed stream
     current, skip_docs, skip_tokens = None, doc_idx, token_idx
     use_cuda = torch.device(device).type == "cuda"
     needed = B * T + 1
     while True:
-        while num_pending < needed:
+        while stream.available < needed:
             tokenize_more()
-        tokens = take(B * T)
-        tokens.append(pending[0][1][pending[0][2]])  # the carried token: next batch's first input
-        (e, p, r, d), _, offset = pending[0]
-        state_dict = {"epoch": e, "pq_idx": p, "rg_idx": r, "doc_idx": d, "token_idx": offset,
+        tokens = stream.take(B * T)
+        tokens.append(stream.peek())  # the carried token: next batch's first input
+        e, p, r, d = stream.head.origin
+        state_dict = {"epoch": e, "pq_idx": p, "rg_idx": r, "doc_idx": d, "token_idx": stream.head.offset,
                       "rank": rank, "world_size": world_size}
         scratch = torch.tensor(tokens, dtype=torch.long, pin_memory=use_cuda)
         inputs, targets = scratch[:-1].view(B, T), scratch[1:].view(B, T)
