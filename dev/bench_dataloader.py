@@ -109,7 +109,8 @@ def main():
     parser.add_argument("--loader_steps", type=int, default=40)
     parser.add_argument("--train_steps", type=int, default=3)
     parser.add_argument("--tokenizer_threads", type=int, default=4)
-    parser.add_argument("--vocab_size", type=int, default=65536, help="model vocab when the byte-level stand-in is used")
+    parser.add_argument("--vocab_size", type=int, default=65536,
+                        help="model vocab when the byte-level stand-in is used")
     parser.add_argument("--pack_files", type=int, default=3, help="data-pack corpus files to pack when no shards exist")
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")

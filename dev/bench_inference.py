@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nanochat.engine import Engine  # noqa: E402
-from nanochat.gpt import GPT, config_for_depth  # noqa: E402
+from nanochat.engine import Engine
+from nanochat.gpt import GPT, config_for_depth
 
 
 class SpecialIdsOnly:
@@ -80,7 +80,8 @@ def main():
     n = args.new_tokens
     config = model.config
     print(f"device={device} depth={args.depth} (width {config.n_embd}, {config.n_head} heads) "
-          f"vocab={args.vocab_size} prompt={args.prompt_len} new_tokens={n} threads={torch.get_num_threads()} best of {args.repeats}", flush=True)
+          f"vocab={args.vocab_size} prompt={args.prompt_len} new_tokens={n} threads={torch.get_num_threads()} "
+          f"best of {args.repeats}", flush=True)
 
     def naive(seed=42, temperature=0.0):
         return list(model.generate(prompt, max_tokens=n, temperature=temperature, seed=seed))

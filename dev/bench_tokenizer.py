@@ -32,7 +32,7 @@ import tempfile
 import time
 
 # nanochat's split pattern (GPT-4's with \p{N}{1,2}); kept literal so workers need no project imports.
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501
 PYPI_RUSTBPE = "rustbpe==0.1.0"
 
 
@@ -219,8 +219,10 @@ def main():
     parser.add_argument("--vocab-sizes", default="32768,65536", help="comma-separated vocab sizes")
     parser.add_argument("--encode-mb", type=float, default=10, help="MB of the same text to encode (default 10)")
     parser.add_argument("--encode-repeats", type=int, default=6, help="encode runs per contender; the best counts")
-    parser.add_argument("--corpus-dir", default=None, help="folder with part_*.jsonl.gz (default $NANOCHAT_DATA_PACK/corpus)")
-    parser.add_argument("--pypi-dir", default=None, help="folder with PyPI rustbpe installed (default: install into a temp folder)")
+    parser.add_argument("--corpus-dir", default=None,
+                        help="folder with part_*.jsonl.gz (default $NANOCHAT_DATA_PACK/corpus)")
+    parser.add_argument("--pypi-dir", default=None,
+                        help="folder with PyPI rustbpe installed (default: install into a temp folder)")
     parser.add_argument("--skip-hf", action="store_true", help="leave HF tokenizers out")
     # internal: subprocess workers
     parser.add_argument("--worker", choices=["ours", "pypi", "hf", "encode"], help=argparse.SUPPRESS)
@@ -268,11 +270,13 @@ def main():
         same_ids = enc["ours"]["ids_sha256"] == enc["pypi"]["ids_sha256"]
         for name in ("ours", "pypi"):
             print(f"  encode {name:5s} {best[name]:7.2f} s wall {best_cpu[name]:7.2f} s cpu"
-                  f"  {encode_size / 1e6 / best[name]:6.1f} MB/s  ({encode_size / 1e6:.1f} MB, tiktoken encode_ordinary_batch)")
+                  f"  {encode_size / 1e6 / best[name]:6.1f} MB/s  "
+                  f"({encode_size / 1e6:.1f} MB, tiktoken encode_ordinary_batch)")
         print(f"  encoded ids identical: {same_ids}")
         rows.append((vocab_size, results, (best, best_cpu), merges))
 
-    print("\n=== summary (ratio = peer / ours, higher is better; wall seconds, CPU seconds of all threads in brackets) ===")
+    print("\n=== summary (ratio = peer / ours, higher is better; "
+          "wall seconds, CPU seconds of all threads in brackets) ===")
     print(f"{'vocab':>6} {'ours':>14} {'PyPI rustbpe':>14} {'HF':>14} {'vs PyPI':>14} {'vs HF':>14}"
           f" {'enc ours':>14} {'enc PyPI':>14} {'enc ratio':>14}  merges vs PyPI")
     for vocab_size, results, (best, best_cpu), merges in rows:
@@ -284,9 +288,11 @@ def main():
             r, o = results.get(kind), results["ours"]
             return f"{r['seconds'] / o['seconds']:.2f}x [{r['cpu_seconds'] / o['cpu_seconds']:.2f}x]" if r else "-"
 
-        print(f"{vocab_size:>6} {cell('ours'):>14} {cell('pypi'):>14} {cell('hf'):>14} {ratio('pypi'):>14} {ratio('hf'):>14}"
+        print(f"{vocab_size:>6} {cell('ours'):>14} {cell('pypi'):>14} {cell('hf'):>14} "
+              f"{ratio('pypi'):>14} {ratio('hf'):>14}"
               f" {best['ours']:>6.2f} [{best_cpu['ours']:.2f}] {best['pypi']:>6.2f} [{best_cpu['pypi']:.2f}]"
-              f" {best['pypi'] / best['ours']:>6.2f}x [{best_cpu['pypi'] / best_cpu['ours']:.2f}x]  {merges.split(' (')[0]}")
+              f" {best['pypi'] / best['ours']:>6.2f}x [{best_cpu['pypi'] / best_cpu['ours']:.2f}x]  "
+              f"{merges.split(' (')[0]}")
     print("targets: train >= 1.3x PyPI rustbpe and >= 2x HF tokenizers; encode ratio >= 1.0 (equal merges"
           " give equal tiktoken tables, so that ratio is 1.0 up to timing noise)")
     shutil.rmtree(workdir, ignore_errors=True)

@@ -186,7 +186,7 @@ def generate_with_api(num, api_key, workers=4):
         for future in concurrent.futures.as_completed(futures):
             try:
                 results[futures[future]] = future.result()
-            except Exception as e:  # noqa: BLE001 - one bad sample must not end the run
+            except Exception as e:  # one bad sample must not end the run
                 failures += 1
                 print(f"conversation {futures[future]} failed: {e}")
     print(f"Generated {len(results)} conversations via the API ({failures} failed)")

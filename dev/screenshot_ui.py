@@ -175,7 +175,7 @@ class DevToolsPipe:
     def close(self):
         try:
             self.send("Browser.close", session=False, timeout=5)
-        except Exception:  # noqa: BLE001 - the browser may already be gone
+        except Exception:  # the browser may already be gone
             pass
         try:
             self.process.wait(timeout=10)
@@ -203,8 +203,9 @@ def screenshot_chat(url, out_path, message, chromium=None, timeout=90):
         browser.evaluate("document.getElementById('input').focus()")
         browser.send("Input.insertText", {"text": message})
         for kind in ("keyDown", "keyUp"):
+            text = "\r" if kind == "keyDown" else ""
             browser.send("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
-                                                    "windowsVirtualKeyCode": 13, "text": "\r" if kind == "keyDown" else ""})
+                                                    "windowsVirtualKeyCode": 13, "text": text})
         browser.wait_for("messages.length === 2 && !isGenerating || document.querySelector('.error') !== null", timeout)
         shown = browser.evaluate("""({
             user: [...document.querySelectorAll('.message.user .content')].map(e => e.textContent),

@@ -99,7 +99,7 @@ def _load_torch(path, device):
             return torch.load(f, map_location=device, weights_only=False)
     except FileNotFoundError:
         raise
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
+    except Exception as e:  # any unpickling failure means a damaged file
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                               "delete that step's files and resume from an earlier step") from e
 
@@ -143,8 +143,8 @@ def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False, rank=0):
     if load_optimizer:
         optim_path = _optim_path(checkpoint_dir, step, rank)
         if not os.path.exists(optim_path):
-            ranks = sorted(int(m.group(1)) for p in glob.glob(os.path.join(checkpoint_dir, f"optim_{step:06d}_rank*.pt"))
-                           if (m := re.search(r"rank(\d+)\.pt$", p)))
+            shards = glob.glob(os.path.join(checkpoint_dir, f"optim_{step:06d}_rank*.pt"))
+            ranks = sorted(int(m.group(1)) for p in shards if (m := re.search(r"rank(\d+)\.pt$", p)))
             raise FileNotFoundError(f"optimizer shard {optim_path} not found (shards saved for ranks {ranks}); "
                                     "resume with the same number of processes that saved it")
         optimizer_data = _load_torch(optim_path, device)

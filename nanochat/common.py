@@ -124,7 +124,7 @@ def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, rea
                 raise DownloadError("downloaded content failed its check (e.g. sha256 mismatch)")
             os.replace(tmp_path, dest_path)
             return dest_path
-        except Exception as e:  # noqa: BLE001 - every failure is retried the same way
+        except Exception as e:  # every failure is retried the same way
             last_error = e
             _remove_quietly(tmp_path)
             unreachable = isinstance(e, requests.exceptions.ConnectionError) and _looks_unreachable(e)

@@ -121,7 +121,8 @@ def batch_sequences_lm(tokenizer, prompts):
     tokens_without, tokens_with = tokenizer(prompts, prepend=tokenizer.get_bos_token_id())
     start, end = len(tokens_without), len(tokens_with)
     if not (start < end and tokens_with[:start] == tokens_without):
-        raise MalformedItem("the prompt without the continuation does not tokenize to a strict prefix of the prompt with it")
+        raise MalformedItem("the prompt without the continuation does not tokenize to a strict prefix "
+                            "of the prompt with it")
     return [tokens_with], [start], [end]
 
 

@@ -206,7 +206,8 @@ def _download_job(job, base_url, data_dir):
 
 def main(argv=None):
     from nanochat.pack_corpus import DEFAULT_SHARD_CHARS, pack_data_pack_corpus, pack_jsonl  # it builds on this module
-    parser = argparse.ArgumentParser(description="Download FineWeb-Edu pretraining shards, or pack a local corpus into shards")
+    parser = argparse.ArgumentParser(
+        description="Download FineWeb-Edu pretraining shards, or pack a local corpus into shards")
     parser.add_argument("-n", "--num-files", type=int, default=-1,
                         help="number of shards to download (default: -1 = all 1823)")
     parser.add_argument("-w", "--num-workers", type=int, default=4, help="parallel downloads (default: 4)")
@@ -214,7 +215,8 @@ def main(argv=None):
                         help="pack these .jsonl/.jsonl.gz files ({\"text\": ...} per line) instead of downloading; "
                              "the last file becomes the validation shard")
     parser.add_argument("--shard-chars", type=int, default=DEFAULT_SHARD_CHARS,
-                        help=f"characters per packed shard (default {DEFAULT_SHARD_CHARS}; the reference uses 250000000)")
+                        help=f"characters per packed shard (default {DEFAULT_SHARD_CHARS}; "
+                             "the reference uses 250000000)")
     parser.add_argument("--force", action="store_true", help="let --from-jsonl replace shards packed from other inputs")
     parser.add_argument("--sha256-manifest", default=None,
                         help="sha256sum-style file to verify downloaded shards (or env NANOCHAT_SHARD_SHA256)")

@@ -119,7 +119,8 @@ def _check_existing(data_dir, settings, force):
         if same and _manifest_is_intact(old, data_dir):
             return old
         if not same and not force:
-            raise PackMismatch(f"{data_dir} holds shards packed from different inputs or settings (see {manifest_path}). "
+            raise PackMismatch(f"{data_dir} holds shards packed from different inputs or settings "
+                               f"(see {manifest_path}). "
                              "Pass --force to replace them, or use another NANOCHAT_BASE_DIR.")
         if same:
             print(f"shards in {data_dir} no longer match {manifest_path} (missing or changed); packing them again")
@@ -221,5 +222,6 @@ def pack_data_pack_corpus(data_dir, shard_chars=DEFAULT_SHARD_CHARS, force=False
         pack_jsonl(files, data_dir, shard_chars, force)
     except PackMismatch:
         print(f"{data_dir} already holds shards packed from other inputs; keeping them. To replace them with "
-              f"the data pack's corpus: python -m nanochat.dataset --from-jsonl {os.path.dirname(files[0])}/part_* --force")
+              "the data pack's corpus: "
+              f"python -m nanochat.dataset --from-jsonl {os.path.dirname(files[0])}/part_* --force")
     return True

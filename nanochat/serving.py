@@ -293,7 +293,7 @@ class Reply:
             tail = decoder.flush()
             if tail:
                 put(tail)
-        except Exception as e:  # noqa: BLE001 - reported to the request, the server keeps running
+        except Exception as e:  # reported to the request, the server keeps running
             logger.exception("generation failed")
             put(RuntimeError(f"generation failed: {e}"))
         finally:

@@ -21,7 +21,7 @@ SPECIAL_TOKENS = [
 
 # GPT-4's split pattern, but with \p{N}{1,2} instead of \p{N}{1,3}: fewer tokens spent on
 # digit groups at small vocab sizes.
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501
 
 
 class TokenizerError(ValueError):
@@ -195,7 +195,8 @@ class RustBPETokenizer:
         try:
             return self.enc.encode_single_token(text)
         except KeyError:
-            raise TokenizerError(f"unknown special token {text!r}; known: {sorted(self.get_special_tokens())}") from None
+            known = sorted(self.get_special_tokens())
+            raise TokenizerError(f"unknown special token {text!r}; known: {known}") from None
 
     def get_bos_token_id(self):
         return self.bos_token_id

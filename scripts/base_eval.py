@@ -186,7 +186,8 @@ def write_csv(path, out):
 
 def main():
     parser = argparse.ArgumentParser(description="Evaluate a base model on the CORE suite")
-    parser.add_argument("--hf-path", type=str, default=None, help="evaluate this HuggingFace model instead of the local base model")
+    parser.add_argument("--hf-path", type=str, default=None,
+                        help="evaluate this HuggingFace model instead of the local base model")
     parser.add_argument("--max-per-task", type=int, default=-1, help="crop each task to this many examples (-1 = all)")
     args = parser.parse_args()
 

@@ -17,18 +17,18 @@ import os
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before torch touches CUDA
 
-import time  # noqa: E402
+import time
 
-import torch  # noqa: E402
+import torch
 
-from nanochat import dataloader  # noqa: E402
-from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
+from nanochat import dataloader
+from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
                              print0, print_banner)
-from nanochat.configurator import configure  # noqa: E402
-from nanochat.gpt import GPT, config_for_depth  # noqa: E402
-from nanochat.loss_eval import evaluate_bpb  # noqa: E402
-from nanochat.tokenizer import get_token_bytes, get_tokenizer  # noqa: E402
-from nanochat.training import (LossTracker, apply_schedule, autocast_context, base_lr_multiplier,  # noqa: E402
+from nanochat.configurator import configure
+from nanochat.gpt import GPT, config_for_depth
+from nanochat.loss_eval import evaluate_bpb
+from nanochat.tokenizer import get_token_bytes, get_tokenizer
+from nanochat.training import (LossTracker, apply_schedule, autocast_context, base_lr_multiplier,
                                compile_model, format_log_line, gather_loader_states, get_report,
                                grad_accum_steps, init_wandb, is_due, load_training_checkpoint, mfu_percent,
                                muon_momentum, num_params, peak_memory_mib, sample_completions,
@@ -130,7 +130,8 @@ def main(argv=None):
         start_step, val_bpb = meta["step"], meta.get("val_bpb")
         # every rank resumes its own loader position (the original's checkpoints hold rank 0's only)
         rank_states = meta.get("dataloader_state_dicts")
-        loader_state = rank_states[rank] if rank_states and len(rank_states) == world_size else meta["dataloader_state_dict"]
+        own_states = rank_states and len(rank_states) == world_size
+        loader_state = rank_states[rank] if own_states else meta["dataloader_state_dict"]
         loop_state = meta["loop_state"]
         min_val_bpb = loop_state["min_val_bpb"]
         loss_tracker.ema = loop_state["smooth_train_loss"]

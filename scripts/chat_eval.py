@@ -69,7 +69,8 @@ def _letter_token_ids(tokenizer, letters, cache):
         if letter not in cache:
             encoded = tokenizer.encode(letter)
             if len(encoded) != 1:
-                raise ValueError(f"answer letter {letter!r} encodes to {len(encoded)} tokens; categorical eval needs exactly one")
+                raise ValueError(f"answer letter {letter!r} encodes to {len(encoded)} tokens; "
+                                 "categorical eval needs exactly one")
             cache[letter] = encoded[0]
         ids.append(cache[letter])
     return ids

@@ -95,7 +95,8 @@ def main(argv=None, train_task=None, val_task=None):
     if cfg.examples_per_step % world_size != 0:
         raise ValueError(f"examples_per_step={cfg.examples_per_step} must be divisible by the {world_size} ranks")
     if cfg.num_samples % cfg.device_batch_size != 0:
-        raise ValueError(f"num_samples={cfg.num_samples} must be a multiple of device_batch_size={cfg.device_batch_size}")
+        raise ValueError(f"num_samples={cfg.num_samples} must be a multiple of "
+                         f"device_batch_size={cfg.device_batch_size}")
     examples_per_rank = cfg.examples_per_step // world_size
     passes = cfg.num_samples // cfg.device_batch_size
     num_steps = cfg.num_steps if cfg.num_steps > 0 else (len(train_task) // cfg.examples_per_step) * cfg.num_epochs
@@ -137,8 +138,9 @@ def main(argv=None, train_task=None, val_task=None):
             for start in range(0, cfg.num_samples, cfg.device_batch_size):
                 rows = slice(start, start + cfg.device_batch_size)
                 with autocast_ctx:
-                    loss = policy_gradient_loss(model, batch["inputs"][rows].to(device), batch["targets"][rows].to(device),
-                                                batch["advantages"][rows], normalizer=passes * examples_per_rank)
+                    inputs, targets = batch["inputs"][rows].to(device), batch["targets"][rows].to(device)
+                    loss = policy_gradient_loss(model, inputs, targets, batch["advantages"][rows],
+                                                normalizer=passes * examples_per_rank)
                 loss.backward()
         mean_reward, mean_length = mean_across_ranks([sum(rewards) / len(rewards), sum(lengths) / len(lengths)], device)
         lrm = linear_decay_lr_multiplier(step, num_steps)

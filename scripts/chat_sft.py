@@ -16,17 +16,17 @@ import os
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before torch touches CUDA
 
 
-import torch  # noqa: E402
+import torch
 
-from nanochat.chat_data import PaddedConversations, nonempty_tasks  # noqa: E402
-from nanochat.checkpoint_manager import load_model  # noqa: E402
-from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
+from nanochat.chat_data import PaddedConversations, nonempty_tasks
+from nanochat.checkpoint_manager import load_model
+from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
                              mean_across_ranks, print0, print_banner, sum_across_ranks)
-from nanochat.configurator import configure  # noqa: E402
-from nanochat.training import (apply_schedule, autocast_context, gather_loader_states, get_report,  # noqa: E402
+from nanochat.configurator import configure
+from nanochat.training import (apply_schedule, autocast_context, gather_loader_states, get_report,
                                init_wandb, is_due, linear_decay_lr_multiplier, load_training_checkpoint,
                                save_training_checkpoint, setup_optimizers)
-from tasks.common import TaskMixture  # noqa: E402
+from tasks.common import TaskMixture
 
 DEFAULTS = dict(
     run="dummy",  # wandb run name; "dummy" disables wandb
@@ -146,7 +146,8 @@ def main(argv=None, tasks_fn=build_tasks):
             with autocast_ctx:
                 metrics.update(chat_metrics(model, tokenizer, cfg.eval_metrics_max_problems, 2 * cfg.device_batch_size))
             model.train()
-            print0(f"Step {step:05d} | MMLU acc: {metrics['mmlu_acc']:.4f} | ARC-Easy acc: {metrics['arc_easy_acc']:.4f}")
+            print0(f"Step {step:05d} | MMLU acc: {metrics['mmlu_acc']:.4f} | "
+                   f"ARC-Easy acc: {metrics['arc_easy_acc']:.4f}")
             wandb_run.log({"step": step, "mmlu_acc": metrics["mmlu_acc"], "arc_easy_acc": metrics["arc_easy_acc"]})
 
         if last_step or (step != cfg.resume_from_step and is_due(step, cfg.save_every, skip_first=True)):

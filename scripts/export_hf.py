@@ -32,7 +32,8 @@ def main(argv=None):
         print(f"export_hf: {e}", file=sys.stderr)
         return 1
     print(f"Exported {checkpoint_dir} step {step} ({args.dtype}) to {args.out}")
-    print(f"Load it with: AutoModelForCausalLM.from_pretrained({args.out!r}); AutoTokenizer.from_pretrained({args.out!r})")
+    print(f"Load it with: AutoModelForCausalLM.from_pretrained({args.out!r}); "
+          f"AutoTokenizer.from_pretrained({args.out!r})")
     return 0
 
 

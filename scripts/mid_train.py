@@ -16,21 +16,21 @@ import os
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before torch touches CUDA
 
-import time  # noqa: E402
+import time
 
-from nanochat.chat_data import PackedConversations, nonempty_tasks  # noqa: E402
-from nanochat.checkpoint_manager import load_model  # noqa: E402
-from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,  # noqa: E402
+from nanochat.chat_data import PackedConversations, nonempty_tasks
+from nanochat.checkpoint_manager import load_model
+from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
                              print0, print_banner)
-from nanochat.configurator import configure  # noqa: E402
-from nanochat.loss_eval import evaluate_bpb  # noqa: E402
-from nanochat.tokenizer import get_token_bytes  # noqa: E402
-from nanochat.training import (LossTracker, any_rank, apply_schedule, autocast_context,  # noqa: E402
+from nanochat.configurator import configure
+from nanochat.loss_eval import evaluate_bpb
+from nanochat.tokenizer import get_token_bytes
+from nanochat.training import (LossTracker, any_rank, apply_schedule, autocast_context,
                                compile_model, format_log_line, gather_loader_states, get_report,
                                grad_accum_steps, init_wandb, is_due, load_training_checkpoint, mfu_percent,
                                mid_lr_multiplier, muon_momentum, save_training_checkpoint, setup_optimizers,
                                synchronize)
-from tasks.common import TaskMixture  # noqa: E402
+from tasks.common import TaskMixture
 
 DEFAULTS = dict(
     run="dummy",  # wandb run name; "dummy" disables wandb
@@ -114,7 +114,8 @@ def main(argv=None, tasks_fn=build_tasks):
         meta = load_training_checkpoint(checkpoint_dir, cfg.resume_from_step, orig_model, optimizers, device, rank)
         states = meta["dataloader_state_dicts"]
         if len(states) != world_size:
-            raise ValueError(f"checkpoint was written by {len(states)} ranks; resume with the same number, not {world_size}")
+            raise ValueError(f"checkpoint was written by {len(states)} ranks; "
+                             f"resume with the same number, not {world_size}")
         step, loader_state, val_bpb = meta["step"], states[rank], meta["val_bpb"]
         min_val_bpb, loss_tracker.ema, total_time = (meta["loop_state"][k] for k in
                                                      ("min_val_bpb", "smooth_train_loss", "total_training_time"))

@@ -79,7 +79,7 @@ def load_baseline(tiktoken_name, label):
     socket.setdefaulttimeout(10)  # tiktoken's download has no timeout of its own
     try:
         return RustBPETokenizer.from_pretrained(tiktoken_name)
-    except Exception as e:  # noqa: BLE001 - any failure means: skip this baseline
+    except Exception as e:  # any failure means: skip this baseline
         print(f"Skipping the {label} comparison: could not load tiktoken encoding {tiktoken_name!r} "
               f"({type(e).__name__}: {str(e)[:120]}). It is downloaded on first use; set TIKTOKEN_CACHE_DIR "
               "to a folder holding a cached copy to compare offline.")

@@ -60,7 +60,8 @@ class TaskMixture(Task):
         return self.num_conversations
 
     def get_example(self, index):
-        assert 0 <= index < self.num_conversations, f"Index {index} out of range for mixture with {self.num_conversations} conversations"
+        assert 0 <= index < self.num_conversations, \
+            f"Index {index} out of range for mixture with {self.num_conversations} conversations"
         task_idx, local_idx = self.index_map[index]
         return self.tasks[task_idx][local_idx]
 
@@ -78,7 +79,8 @@ class TaskSequence(Task):
         return self.num_conversations
 
     def get_example(self, index):
-        assert 0 <= index < self.num_conversations, f"Index {index} out of range for sequence with {self.num_conversations} conversations"
+        assert 0 <= index < self.num_conversations, \
+            f"Index {index} out of range for sequence with {self.num_conversations} conversations"
         for task, length in zip(self.tasks, self.lengths):
             if index < length:
                 return task[index]

@@ -35,9 +35,11 @@ class CustomJSON(Task):
                 try:
                     messages = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise TaskDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
+                    raise TaskDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
+                                        "fix or delete that line") from None
                 if not isinstance(messages, list):
-                    raise TaskDataError(f"{where}: each line must be a JSON array of messages, got {type(messages).__name__}")
+                    raise TaskDataError(f"{where}: each line must be a JSON array of messages, "
+                                        f"got {type(messages).__name__}")
                 if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
                     raise TaskDataError(f"{where}: CustomJSON conversations start with a user message")
                 check_messages(messages, where)

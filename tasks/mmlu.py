@@ -27,7 +27,8 @@ class MMLU(Task):
     def __init__(self, subset, split, **kwargs):
         super().__init__(**kwargs)
         assert subset in ("all", "auxiliary_train"), f"MMLU subset must be all|auxiliary_train, got {subset!r}"
-        assert split in ("train", "validation", "dev", "test"), f"MMLU split must be train|validation|dev|test, got {split!r}"
+        assert split in ("train", "validation", "dev", "test"), \
+            f"MMLU split must be train|validation|dev|test, got {split!r}"
         if subset == "auxiliary_train":
             assert split == "train", "MMLU auxiliary_train only has a train split"
         self.subset, self.split = subset, split

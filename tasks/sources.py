@@ -83,7 +83,7 @@ def _load_from_hub(hf_path, config, split):
         )
     try:
         return load_dataset(hf_path, config, split=split) if config else load_dataset(hf_path, split=split)
-    except Exception as e:  # noqa: BLE001 - re-raised with the way out
+    except Exception as e:  # re-raised with the way out
         raise DatasetUnavailable(
             f"Loading {hf_path} (config={config!r}, split={split!r}) from Hugging Face failed: {e}. "
             "For offline use set NANOCHAT_DATA_PACK=<folder of a data pack>."

@@ -135,10 +135,12 @@ class SpellingBee(Task):
             template = template.lower()
         letter_quote = rng.choice(["", "'", '"'])
         word_quote = rng.choice(["", "'", '"'])
-        user_msg = template.format(letter=f"{letter_quote}{letter}{letter_quote}", word=f"{word_quote}{word}{word_quote}")
+        user_msg = template.format(letter=f"{letter_quote}{letter}{letter_quote}",
+                                   word=f"{word_quote}{word}{word_quote}")
         if rng.random() < 0.5:
             user_msg += "?"
-        messages = [{"role": "user", "content": user_msg}, {"role": "assistant", "content": spelled_answer(word, letter)}]
+        messages = [{"role": "user", "content": user_msg},
+                    {"role": "assistant", "content": spelled_answer(word, letter)}]
         return {"messages": messages}
 
     def evaluate(self, conversation, assistant_response):

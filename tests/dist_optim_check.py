@@ -29,15 +29,15 @@ def check(kind, steps=4):
     if kind == "muon":
         # 5 params of one shape (blocks of 2 with a padded tail) and one tall shape
         shapes = [(8, 16)] * 5 + [(24, 8)]
-        make_dist = lambda ps: DistMuon(ps, lr=0.02, momentum=0.9)  # noqa: E731
-        make_ref = lambda ps: Muon(ps, lr=0.02, momentum=0.9)  # noqa: E731
+        make_dist = lambda ps: DistMuon(ps, lr=0.02, momentum=0.9)
+        make_ref = lambda ps: Muon(ps, lr=0.02, momentum=0.9)
     else:
         # dim 0 = 266 is sharded across 2 ranks (big enough for vectorized kernels); 5 is replicated
         shapes = [(266, 32), (5, 3)]
         kw = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
-        make_dist = lambda ps: DistAdamW([dict(params=ps)], **kw)  # noqa: E731
+        make_dist = lambda ps: DistAdamW([dict(params=ps)], **kw)
         # the single-process CPU optimizer of GPT.setup_optimizers (torch's default, non-fused kernel)
-        make_ref = lambda ps: torch.optim.AdamW([dict(params=ps)], **kw)  # noqa: E731
+        make_ref = lambda ps: torch.optim.AdamW([dict(params=ps)], **kw)
     dist_params, ref_params = make_params(shapes, 0), make_params(shapes, 0)
     dist_opt, ref_opt = make_dist(dist_params), make_ref(ref_params)
     for step in range(steps):

@@ -1,4 +1,5 @@
-"""base_eval: the CORE driver over a bundle (missing files skipped and labelled, malformed rows counted), CSV, report."""
+"""base_eval: the CORE driver over a bundle (missing files skipped and labelled, malformed rows counted),
+CSV, report."""
 
 import json
 import os

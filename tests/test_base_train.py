@@ -60,7 +60,8 @@ def test_exact_resume_is_bit_identical(train_env, tmp_path, monkeypatch):
     full = main(TINY + ["--num_iterations=12", "--save_every=6", "--eval_every=6"])
     assert full["losses"][11] < full["losses"][0] - 0.5  # it learns
     ck = full["checkpoint_dir"]
-    assert os.path.exists(os.path.join(ck, "model_000006.pt")) and os.path.exists(os.path.join(ck, "optim_000012_rank0.pt"))
+    assert os.path.exists(os.path.join(ck, "model_000006.pt"))
+    assert os.path.exists(os.path.join(ck, "optim_000012_rank0.pt"))
 
     # a run that was killed after checkpoint 6: a fresh base dir holding only that checkpoint
     killed = tmp_path / "killed"

@@ -308,8 +308,9 @@ def test_disconnect_mid_stream_frees_the_worker(server):
 
 def test_validation_error_descriptions():
     from nanochat.serving import describe_validation_errors
-    assert describe_validation_errors([{"type": "json_invalid", "loc": ("body", 3),
-                                        "ctx": {"error": "Expecting value"}}])[0].startswith("request body is not valid JSON")
+    message, _ = describe_validation_errors([{"type": "json_invalid", "loc": ("body", 3),
+                                              "ctx": {"error": "Expecting value"}}])
+    assert message.startswith("request body is not valid JSON")
     message, param = describe_validation_errors([{"type": "string_type", "loc": ("body", "messages", 0, "content"),
                                                   "msg": "Input should be a valid string"}])
     assert param == "messages[0].content" and message.startswith("messages[0].content:")

@@ -35,7 +35,8 @@ def test_download_with_lock_prefers_local_copy(base_dir, tmp_path):
                                           postprocess_fn=calls.append, local_copy=str(local))
     assert open(path).read() == "apple\nbanana\n" and calls == [path]
     # second call: already there, no postprocess, no copy
-    assert common.download_file_with_lock("http://127.0.0.1:9/words.txt", "words.txt", postprocess_fn=calls.append) == path
+    fetched = common.download_file_with_lock("http://127.0.0.1:9/words.txt", "words.txt", postprocess_fn=calls.append)
+    assert fetched == path
     assert calls == [path]
 
 

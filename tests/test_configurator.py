@@ -8,7 +8,8 @@ DEFAULTS = dict(depth=20, lr=0.02, run="dummy", flag=True, tag=None)
 
 
 def test_overrides_parse_and_keep_types():
-    cfg = configure(DEFAULTS, ["--depth=4", "--lr=0.5", "--run=my_run", "--flag=False", "--tag=[1, 2]"], log=lambda m: None)
+    argv = ["--depth=4", "--lr=0.5", "--run=my_run", "--flag=False", "--tag=[1, 2]"]
+    cfg = configure(DEFAULTS, argv, log=lambda m: None)
     assert (cfg.depth, cfg.lr, cfg.run, cfg.flag, cfg.tag) == (4, 0.5, "my_run", False, [1, 2])
     assert cfg.user_config() == {"depth": 4, "lr": 0.5, "run": "my_run", "flag": False}
 

@@ -45,7 +45,8 @@ def assert_reference_format(path):
 
 
 def all_docs(data_dir):
-    return [d for split in ("train", "val") for rg in dataset.parquets_iter_batched(split, data_dir=data_dir) for d in rg]
+    return [d for split in ("train", "val")
+            for rg in dataset.parquets_iter_batched(split, data_dir=data_dir) for d in rg]
 
 
 @pytest.fixture
@@ -83,7 +84,8 @@ def test_pack_small_corpus_format_and_coverage(base_dir, small_corpus):
     assert all_docs(dataset.get_data_dir()) == [t for docs in texts for t in docs]
     # strided reading covers each row group once
     pf_groups = sum(pq.ParquetFile(f).num_row_groups for f in files[:-1])
-    seen = list(dataset.parquets_iter_batched("train", start=0, step=2)) + list(dataset.parquets_iter_batched("train", start=1, step=2))
+    seen = (list(dataset.parquets_iter_batched("train", start=0, step=2))
+            + list(dataset.parquets_iter_batched("train", start=1, step=2)))
     assert len(seen) == pf_groups
 
 

@@ -90,7 +90,8 @@ def single_rank_group(tmp_path):
 
 def test_distmuon_matches_muon_on_one_rank(single_rank_group):
     shapes = [(4, 8), (4, 8), (8, 4), (16, 8)]
-    ref = [torch.nn.Parameter(torch.randn(*s, generator=torch.Generator().manual_seed(i))) for i, s in enumerate(shapes)]
+    ref = [torch.nn.Parameter(torch.randn(*s, generator=torch.Generator().manual_seed(i)))
+           for i, s in enumerate(shapes)]
     got = [torch.nn.Parameter(p.detach().clone()) for p in ref]
     ref_opt, dist_opt = Muon(ref, lr=0.03), DistMuon(got, lr=0.03)
     g = torch.Generator().manual_seed(5)

@@ -1,4 +1,5 @@
-"""Tasks: well-formed conversations from the data pack, evaluate() scores right 1 and wrong 0, bad data errors clearly."""
+"""Tasks: well-formed conversations from the data pack, evaluate() scores right 1 and wrong 0,
+bad data errors clearly."""
 
 import json
 

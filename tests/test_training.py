@@ -11,7 +11,7 @@ from nanochat.gpt import GPT, GPTConfig
 
 
 def test_base_lr_schedule_warmup_flat_warmdown():
-    f = lambda it: tr.base_lr_multiplier(it, 100, warmup_ratio=0.1, warmdown_ratio=0.2, final_lr_frac=0.1)  # noqa: E731
+    f = lambda it: tr.base_lr_multiplier(it, 100, warmup_ratio=0.1, warmdown_ratio=0.2, final_lr_frac=0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(50) == 1.0 and f(80) == 1.0
     assert f(90) == pytest.approx(0.5 + 0.5 * 0.1)
