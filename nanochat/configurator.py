@@ -41,9 +41,6 @@ class Config:
             raise AttributeError(f"unknown config key {key!r}")
         self._values[key] = value
 
-    def as_dict(self):
-        return dict(self._values)
-
     def user_config(self):
         """Settings that are int/float/bool/str (what gets logged, saved in meta and reported)."""
         return {k: v for k, v in self._values.items() if isinstance(v, (int, float, bool, str))}
