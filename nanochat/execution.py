@@ -213,7 +213,7 @@ def _outcome(step):
     """Run one step of the program; the reply that describes it."""
     try:
         return {"value": step()}
-    except BaseException as e:  # noqa: BLE001 - the program may raise anything, SystemExit included
+    except BaseException as e:  # the program may raise anything, SystemExit included
         out_of_memory = isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM)
         prefix = "Memory limit exceeded: " if out_of_memory else ""
         return {"error": f"{prefix}{type(e).__name__}: {e}", "memory_exceeded": out_of_memory}
@@ -302,7 +302,8 @@ def _isolation_prefix(mode, home):
                 *_view(), "--", *_drop_privileges(mode)]
     view = _view()
     parents = sorted({"/".join(path.split("/")[:n]) for path in view for n in range(2, path.count("/") + 1)})
-    args = [shutil.which("bwrap") or "bwrap", "--size", str(MAX_FILE_BYTES), "--tmpfs", "/tmp", "--chmod", "1777", "/tmp"]
+    args = [shutil.which("bwrap") or "bwrap", "--size", str(MAX_FILE_BYTES), "--tmpfs", "/tmp",
+            "--chmod", "1777", "/tmp"]
     for parent in parents:  # bwrap would create them 0700, closed to nobody
         args += ["--perms", "0755", "--dir", parent]
     for path in view:
@@ -351,7 +352,8 @@ def _warn_once(mode):
     else:
         what = (f"no OS isolation, only rlimits and the in-process guard: the program runs as uid {os.geteuid()} and "
                 "can read and write what that user can, and use the network")
-    logger.warning(f"Code sandbox mode {mode!r}: {what}. For full isolation install bubblewrap (apt-get install bubblewrap).")
+    logger.warning(f"Code sandbox mode {mode!r}: {what}. "
+                   "For full isolation install bubblewrap (apt-get install bubblewrap).")
 
 
 def isolation_mode(requested=None):
@@ -574,7 +576,7 @@ class _Sandbox:
     def _decoded(self, decode):
         try:
             return decode()
-        except Exception:  # noqa: BLE001 - the child may send anything
+        except Exception:  # the child may send anything
             raise _SandboxFailed("Malformed reply from the sandbox")
 
     def _crash_report(self):
@@ -624,7 +626,7 @@ def execute_code(code: str, timeout: float = 5.0, maximum_memory_bytes: Optional
         if "error" not in reply and judge is not None:
             try:
                 judge(sandbox)
-            except Exception as e:  # noqa: BLE001 - a failed check, whatever its kind
+            except Exception as e:  # a failed check, whatever its kind
                 reply = {"error": f"{type(e).__name__}: {e}"}
             if sandbox.failure is not None:
                 raise sandbox.failure

@@ -20,7 +20,8 @@ def _available(mode):
 
 
 ISOLATED = _available("bwrap")
-ISOLATION_MODES = [pytest.param(mode, marks=pytest.mark.skipif(not _available(mode), reason=f"{mode} does not work here"))
+ISOLATION_MODES = [pytest.param(mode, marks=pytest.mark.skipif(not _available(mode),
+                                                               reason=f"{mode} does not work here"))
                    for mode in ("bwrap", "unshare")]
 ALL_MODES = ISOLATION_MODES + ["none"]
 
