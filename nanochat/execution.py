@@ -274,10 +274,15 @@ exec chroot "$root" "$@"
 """
 
 
+# The program needs only the standard library: the base interpreter, not a virtual environment's
+# (which may live inside the repository and would have to be shown to the program).
+INTERPRETER = getattr(sys, "_base_executable", None) or sys.executable
+
+
 def _view():
     """The host paths the interpreter needs, shown read-only in the sandbox; nothing else of the host is."""
     wanted = {"/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime",
-              sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+              sys.base_prefix, sys.base_exec_prefix}
     wanted = {path for path in wanted if os.path.exists(path)}
     return sorted(path for path in wanted if not any(path.startswith(other + "/") for other in wanted))
 
@@ -332,7 +337,7 @@ def _works(mode):
         home = tempfile.mkdtemp(prefix="nanochat-probe-")
         try:
             done = shutil.which(mode) and subprocess.run(
-                _isolation_prefix(mode, home) + [sys.executable, "-I", "-c", "pass"], cwd=home,
+                _isolation_prefix(mode, home) + [INTERPRETER, "-I", "-c", "pass"], cwd=home,
                 env=_environment(mode, home), capture_output=True, timeout=20)
             _WORKS[key] = bool(done) and done.returncode == 0
         except (OSError, subprocess.SubprocessError):
@@ -486,7 +491,7 @@ class _Sandbox:
         config = json.dumps(dict(reply_fd=reply_w, maximum_memory_bytes=maximum_memory_bytes))
         try:
             self.proc = subprocess.Popen(
-                _isolation_prefix(mode, self.home) + [sys.executable, "-I", "-c", _child_program(), config],
+                _isolation_prefix(mode, self.home) + [INTERPRETER, "-I", "-c", _child_program(), config],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(reply_w,),
                 start_new_session=True, cwd=self.home, env=_environment(mode, self.home),
                 preexec_fn=lambda: _limit_child(self.cgroup, maximum_memory_bytes))
