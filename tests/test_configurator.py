@@ -51,3 +51,26 @@ def test_config_file(tmp_path):
 def test_defaults_are_not_mutated():
     apply_overrides(DEFAULTS, ["--depth=1"], log=lambda m: None)
     assert DEFAULTS["depth"] == 20
+
+
+SCRIPT_HELPER_SCALE = 3  # a module-level name of the "script" calling configure
+
+
+def test_config_file_runs_with_the_scripts_settings_and_globals_in_scope(tmp_path):
+    """Like the original: imports, helper names, the script's globals and the current values all work."""
+    path = tmp_path / "cfg.py"
+    path.write_text("import math\n"
+                    "def double(x):\n    return 2 * x\n"
+                    "_half = depth // 2\n"
+                    "depth = double(_half) * SCRIPT_HELPER_SCALE\n"
+                    "lr = math.sqrt(lr * lr) / 2\n"
+                    "tag = [run, depth]\n")
+    cfg = configure(DEFAULTS, ["--depth=8", str(path)], log=lambda m: None)
+    assert (cfg.depth, cfg.lr, cfg.tag) == (24, 0.01, ["dummy", 24])
+    # names that end up set keep the typed check; an unknown plain value is still a typo
+    path.write_text("import math\nlr = math.floor(lr)\n")
+    with pytest.raises(ConfigError, match="expects float"):
+        configure(DEFAULTS, [str(path)], log=lambda m: None)
+    path.write_text("depht = depth + 1\n")
+    with pytest.raises(ConfigError, match="Unknown config key: depht"):
+        configure(DEFAULTS, [str(path)], log=lambda m: None)
