@@ -257,6 +257,20 @@ def shard_bytes(tmp_path):
     return path.read_bytes()
 
 
+def test_shards_with_extra_columns_are_read_by_their_text_column(base_dir, small_corpus):
+    """Public corpora carry id/url/score next to text: the text is read, the rest ignored."""
+    data_dir = dataset.get_data_dir()
+    rich = {"id": ["a", "b", "c"], "text": ["one", "two", "three"], "url": ["u"] * 3, "score": [0.1, 0.2, 0.3]}
+    pq.write_table(pa.table(rich), os.path.join(data_dir, "shard_00000.parquet"))
+    pq.write_table(pa.table(rich), os.path.join(data_dir, "shard_00001.parquet"))
+    assert list(dataset.parquets_iter_batched("train")) == [["one", "two", "three"]]
+    pf = dataset.open_shard(os.path.join(data_dir, "shard_00000.parquet"))
+    assert dataset.read_row_group(pf, 0) == ["one", "two", "three"]
+    pq.write_table(pa.table({"id": [1], "text": [3]}), os.path.join(data_dir, "shard_00000.parquet"))
+    with pytest.raises(dataset.ShardError, match="shard_00000.parquet.*string column named 'text'"):
+        list(dataset.parquets_iter_batched("train"))
+
+
 def test_download_retries_dropped_connection(base_dir, shard_bytes):
     name = dataset.index_to_filename(0)
     with ShardServer({name: shard_bytes}, dataset.get_data_dir()) as server:
