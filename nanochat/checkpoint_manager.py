@@ -199,16 +199,19 @@ def model_from_state_dict(model_config, model_data, device, phase="eval"):
 
 
 def find_largest_model(checkpoint_dir):
-    """The d<N> subdirectory with the largest N, else the most recently modified subdirectory."""
+    """The subdirectory whose tag starts with d<N> for the largest N (`d20_long` counts as depth 20, like
+    the original; the newest of equal depths), else the most recently modified subdirectory."""
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"checkpoint directory {checkpoint_dir} does not exist")
     tags = [f for f in os.listdir(checkpoint_dir) if os.path.isdir(os.path.join(checkpoint_dir, f))]
     if not tags:
         raise FileNotFoundError(f"no model directories in {checkpoint_dir}")
-    depths = [(int(m.group(1)), tag) for tag in tags if (m := re.fullmatch(r"d(\d+)", tag))]
+    def mtime(tag):
+        return os.path.getmtime(os.path.join(checkpoint_dir, tag))
+    depths = [(int(m.group(1)), mtime(tag), tag) for tag in tags if (m := re.match(r"d(\d+)", tag))]
     if depths:
-        return max(depths)[1]
-    return max(tags, key=lambda t: os.path.getmtime(os.path.join(checkpoint_dir, t)))
+        return max(depths)[2]
+    return max(tags, key=mtime)
 
 
 def find_last_step(checkpoint_dir):

@@ -124,6 +124,13 @@ def test_find_largest_model(tmp_path):
     assert cm.find_largest_model(str(tmp_path)) == "d12"
 
 
+def test_find_largest_model_reads_the_depth_from_the_tag_prefix(tmp_path):
+    """As in the original, `d20_long` is a depth-20 model and wins over d12."""
+    for tag in ("d12", "d20_long", "d4x"):
+        (tmp_path / tag).mkdir()
+    assert cm.find_largest_model(str(tmp_path)) == "d20_long"
+
+
 def test_load_model_rebuilds_the_trained_model(base_dir, byte_tokenizer):
     tok_dir = os.path.join(base_dir, "tokenizer")
     byte_tokenizer.save(tok_dir)
