@@ -285,6 +285,31 @@ def test_download_retries_dropped_connection(base_dir, shard_bytes):
         assert any(f.endswith(".tmp") for f in listing), listing
 
 
+def test_download_is_fsynced_before_the_rename_and_the_directory_after(base_dir, shard_bytes, monkeypatch):
+    """A power cut right after the download must not leave an empty or missing shard under its final name."""
+    import stat
+    name = dataset.index_to_filename(0)
+    final = os.path.join(dataset.get_data_dir(), name)
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def recording_fsync(fd):
+        events.append(("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file", os.path.exists(final)))
+        return real_fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("rename", dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    with ShardServer({name: shard_bytes}, dataset.get_data_dir()) as server:
+        assert dataset.download_single_file(0, base_url=server.url, backoff_base=0.01)
+    kinds = [e[0] for e in events]
+    rename = kinds.index("rename")
+    assert ("fsync-file", False) in events[:rename], events  # the tmp file's bytes, before the rename
+    assert "fsync-dir" in kinds[rename:], events  # the rename itself
+
+
 def test_download_sha256_catches_corruption(base_dir, shard_bytes, tmp_path):
     name = dataset.index_to_filename(1)
     digest = hashlib.sha256(shard_bytes).hexdigest()
