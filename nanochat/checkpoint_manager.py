@@ -9,11 +9,13 @@ A checkpoint for step N in a directory is:
 Every file goes through a temp file and an atomic rename, and the meta file is what makes a
 checkpoint "there": a crash or a full disk mid-save leaves at most an incomplete step that
 find_last_step ignores, and the previous checkpoint stays loadable.
+Files are read with torch.load(weights_only=True): tensors and plain data only, never code.
 """
 
 import glob
 import json
 import os
+import pickle
 import re
 
 import torch
@@ -96,9 +98,17 @@ def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data,
 def _load_torch(path, device):
     try:
         with open(path, "rb") as f:
-            return torch.load(f, map_location=device, weights_only=False)
+            return torch.load(f, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():  # a pickle that asks to build objects or call functions
+            raise CheckpointError(
+                f"refusing to load {path}: it holds objects other than tensors and plain data, which a "
+                "checkpoint written by nanochat never does (a tampered or foreign file can run code when "
+                "unpickled). Delete it, or re-save it from a source you trust.") from None
+        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                              "delete that step's files and resume from an earlier step") from e
     except Exception as e:  # any unpickling failure means a damaged file
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                               "delete that step's files and resume from an earlier step") from e

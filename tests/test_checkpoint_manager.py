@@ -153,3 +153,51 @@ def test_load_model_rebuilds_the_trained_model(base_dir, byte_tokenizer):
     with pytest.raises(ValueError, match="vocab size 265 does not match"):
         cm.save_checkpoint(d, 4, {}, None, {"step": 4, "model_config": dict(model.config.__dict__, vocab_size=300)})
         cm.load_model("base", "cpu", phase="eval", step=4)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CodeRunningPickle:
+    """Unpickling this calls os.mkdir(path): what a tampered checkpoint would do with worse code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+@pytest.mark.parametrize("victim", ["model", "optim", "rng"])
+def test_a_checkpoint_that_runs_code_is_refused(tmp_path, victim):
+    d = str(tmp_path / "ck")
+    model = tiny_model()
+    cm.save_checkpoint(d, 1, model.state_dict(), [{"state": {}}], {"step": 1, "model_config": model.config.__dict__},
+                       rank_state={"torch": torch.get_rng_state()})
+    marker = str(tmp_path / "pwned")
+    path = {"model": cm._model_path, "optim": lambda d, s: cm._optim_path(d, s, 0),
+            "rng": lambda d, s: cm._rng_path(d, s, 0)}[victim](d, 1)
+    torch.save({"payload": CodeRunningPickle(marker)}, path)
+    with pytest.raises(cm.CheckpointError, match=r"refusing to load .*holds objects other than tensors"):
+        cm.load_checkpoint(d, 1, "cpu", load_optimizer=True)
+        cm.load_rank_state(d, 1)
+    assert not os.path.exists(marker)
+
+
+def test_checkpoints_written_the_original_way_still_load(tmp_path):
+    """Plain torch.save of the state dicts and a meta without a run record (the original's files)."""
+    d = tmp_path / "d4"
+    d.mkdir()
+    model = tiny_model()
+    optimizers = model.setup_optimizers()
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).backward()
+    for opt in optimizers:
+        opt.step()
+    torch.save(model.state_dict(), d / "model_000007.pt")
+    torch.save([opt.state_dict() for opt in optimizers], d / "optim_000007_rank0.pt")
+    (d / "meta_000007.json").write_text(json.dumps({"step": 7, "model_config": model.config.__dict__}))
+    model_data, optim_data, meta = cm.load_checkpoint(str(d), 7, "cpu", load_optimizer=True)
+    assert all(torch.equal(model_data[k], v) for k, v in model.state_dict().items())
+    assert optim_data[0]["param_groups"][0]["betas"] == optimizers[0].param_groups[0]["betas"]
+    assert cm.find_last_step(str(d)) == 7 and meta["step"] == 7
+
