@@ -6,6 +6,7 @@ everywhere: device helpers, LR/momentum schedules, batch arithmetic, evaluation 
 smoothing, throughput/MFU, the log line, wandb-or-nothing, checkpoint + exact resume, the report.
 """
 
+import os
 import random
 import resource
 
@@ -190,13 +191,24 @@ def set_rng_state(state):
 
 def save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, rank=0):
     """
-    Model (rank 0), this rank's optimizer shards and RNG state, then meta. Collective under
-    torchrun: every rank calls it. `optimizers=None` saves no optimizer state (SFT/RL).
+    Collective under torchrun (every rank calls it): rank 0 removes the step's old meta, every rank
+    writes its optimizer shards and RNG state, and only once all are on disk does rank 0 write the
+    model and the meta that marks the step complete. `optimizers=None` saves no optimizer state (SFT/RL).
     """
-    from nanochat.checkpoint_manager import save_checkpoint
+    import torch.distributed as dist
+    from nanochat.checkpoint_manager import invalidate_step, save_checkpoint, save_rank_files
+    distributed = dist.is_available() and dist.is_initialized()
+    if rank == 0:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        invalidate_step(checkpoint_dir, step)
+    if distributed:
+        dist.barrier()  # no rank rewrites a shard while the old meta still vouches for it
     optimizer_data = None if optimizers is None else [opt.state_dict() for opt in optimizers]
-    save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer_data, meta, rank=rank,
-                    rank_state=rng_state())
+    save_rank_files(checkpoint_dir, step, optimizer_data, rng_state(), rank)
+    if distributed:
+        dist.barrier()  # all shards are on disk before the meta marks the step complete
+    if rank == 0:
+        save_checkpoint(checkpoint_dir, step, model.state_dict(), None, meta, rank=0)
 
 
 def load_training_checkpoint(checkpoint_dir, step, model, optimizers, device, rank=0):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -201,3 +203,68 @@ def test_checkpoints_written_the_original_way_still_load(tmp_path):
     assert optim_data[0]["param_groups"][0]["betas"] == optimizers[0].param_groups[0]["betas"]
     assert cm.find_last_step(str(d)) == 7 and meta["step"] == 7
 
+
+def test_resaving_a_step_marks_it_incomplete_until_the_new_meta_is_written(tmp_path, monkeypatch):
+    d = str(tmp_path / "ck")
+    save_step(d, 4)
+    save_step(d, 5)
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        if "model_000005" in getattr(f, "name", ""):
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_step(d, 5, optim=[{"state": {}}])  # the new optimizer shard lands, the model does not
+    assert cm.available_steps(d) == [4]  # step 5 is no longer vouched for by its old meta
+    assert cm.find_last_step(d) == 4
+
+
+def test_every_rename_is_made_durable_with_a_directory_fsync(tmp_path, monkeypatch):
+    import stat
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode)
+                                                               else "file"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    save_step(str(tmp_path / "ck"), 1)
+    assert events == ["file", "rename", "dir"] * 2  # model, then meta
+
+
+def save_in_a_new_process(d, steps):
+    """Each process is one training run (its own run id)."""
+    code = ("import sys; from nanochat import checkpoint_manager as cm\n"
+            "for step in map(int, sys.argv[2:]):\n"
+            "    cm.save_checkpoint(sys.argv[1], step, {}, None, {'step': step})\n")
+    subprocess.run([sys.executable, "-c", code, d] + [str(s) for s in steps], cwd=REPO, check=True)
+
+
+def test_latest_is_the_last_step_of_the_newest_run(tmp_path):
+    """A later, shorter run under the same tag must not be shadowed by the earlier run's later steps."""
+    d = str(tmp_path / "ck")
+    save_in_a_new_process(d, [100, 200, 300])
+    save_in_a_new_process(d, [100, 150])
+    assert cm.available_steps(d) == [100, 150, 200, 300]
+    assert cm.find_last_step(d) == 150
+    metas = [json.load(open(os.path.join(d, f"meta_{s:06d}.json"))) for s in (150, 300)]
+    assert metas[0]["run_id"] != metas[1]["run_id"] and metas[0]["run_started"] > metas[1]["run_started"]
+
+
+def test_public_save_checkpoint_is_not_collective(tmp_path):
+    """Written the original way (only rank 0 saves, optimizer data included) it must not wait for rank 1."""
+    d = str(tmp_path / "ck")
+    script = tmp_path / "rank0_saves.py"
+    script.write_text(
+        "import os, sys, torch, torch.distributed as dist\n"
+        "from nanochat import checkpoint_manager as cm\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "if rank == 0:\n"
+        "    cm.save_checkpoint(sys.argv[1], 3, {'w': torch.ones(2)}, [{'state': {}}], {'step': 3}, rank=0)\n"
+        "dist.destroy_process_group()\n")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), d]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert cm.find_last_step(d) == 3 and os.path.exists(os.path.join(d, "optim_000003_rank0.pt"))
