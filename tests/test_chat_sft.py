@@ -36,9 +36,9 @@ ARGS = ["--device_type=cpu", "--device_batch_size=2", "--target_examples_per_ste
         "--eval_steps=2", "--eval_metrics_every=-1", "--init_lr_frac=0.5"]
 
 
-def run(argv):
+def run(argv, tasks_fn=toy_tasks):
     from scripts import chat_sft
-    return chat_sft.main(ARGS + argv, tasks_fn=toy_tasks)
+    return chat_sft.main(ARGS + argv, tasks_fn=tasks_fn)
 
 
 def test_sft_trains_and_saves_at_the_final_step(base_dir, byte_tokenizer):
@@ -73,3 +73,18 @@ def test_sft_resume_is_bit_identical(base_dir, byte_tokenizer):
         assert resumed["losses"][step] == full["losses"][step]
     for (name, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_an_all_masked_micro_batch_adds_zero_to_the_step(base_dir, byte_tokenizer):
+    """A prompt longer than max_seq_len leaves no target token; its micro-batch must not turn the step into
+    NaN, and the step must equal the step on the valid example alone (loss = mean over valid tokens)."""
+    tiny_mid(base_dir, byte_tokenizer)
+    short = conv("hi", "hello there")
+    too_long = conv("tell me " * 20, "never seen")  # > 32 tokens: the assistant part is cut off
+    common = ["--max_seq_len=32", "--device_batch_size=1", "--num_iterations=1", "--eval_every=-1"]
+    mixed = run(common + ["--target_examples_per_step=2"], lambda: ([("mix", [too_long, short])], [("v", [short])]))
+    alone = run(common + ["--target_examples_per_step=1"], lambda: ([("one", [short])], [("v", [short])]))
+    assert torch.isfinite(torch.tensor(mixed["losses"][0]))
+    assert mixed["losses"][0] == pytest.approx(alone["losses"][0], rel=1e-5)
+    for (name, a), b in zip(mixed["model"].state_dict().items(), alone["model"].state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
