@@ -185,6 +185,19 @@ def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False, rank=0):
     return model_data, optimizer_data, meta_data
 
 
+def saved_world_size(checkpoint_dir, step):
+    """How many ranks wrote `step`: from its meta, else from its per-rank files (the original's
+    checkpoints have one optimizer shard per rank); None when nothing says."""
+    meta_path = _meta_path(checkpoint_dir, step)
+    if os.path.exists(meta_path) and isinstance(_load_meta(meta_path).get("world_size"), int):
+        return _load_meta(meta_path)["world_size"]
+    for pattern in (f"optim_{step:06d}_rank*.pt", f"rng_{step:06d}_rank*.pt"):
+        shards = glob.glob(os.path.join(checkpoint_dir, pattern))
+        if shards:
+            return len(shards)
+    return None
+
+
 def load_rank_state(checkpoint_dir, step, rank=0):
     """The RNG state saved by this rank, or None for checkpoints written without one."""
     path = _rng_path(checkpoint_dir, step, rank)

@@ -208,12 +208,28 @@ def save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, rank
     if distributed:
         dist.barrier()  # all shards are on disk before the meta marks the step complete
     if rank == 0:
-        save_checkpoint(checkpoint_dir, step, model.state_dict(), None, meta, rank=0)
+        world_size = dist.get_world_size() if distributed else 1
+        save_checkpoint(checkpoint_dir, step, model.state_dict(), None, dict(meta, world_size=world_size), rank=0)
+
+
+def check_resume_world_size(checkpoint_dir, step, world_size):
+    """Refuse, in every stage alike, to resume a checkpoint written by a different number of ranks:
+    optimizer shards and data positions belong to the ranks that wrote them."""
+    from nanochat.checkpoint_manager import saved_world_size
+    saved = saved_world_size(checkpoint_dir, step)
+    if saved is not None and saved != world_size:
+        raise ValueError(
+            f"checkpoint step {step} in {checkpoint_dir} was written by {saved} rank(s) but this run has "
+            f"{world_size}: its optimizer shards and data positions belong to the ranks that wrote them. "
+            f"Resume with {saved} process(es) in total (torchrun --nnodes * --nproc_per_node = {saved}).")
 
 
 def load_training_checkpoint(checkpoint_dir, step, model, optimizers, device, rank=0):
     """Restore model, optimizers and RNG saved by save_training_checkpoint; returns the meta dict."""
+    import torch.distributed as dist
     from nanochat.checkpoint_manager import load_checkpoint, load_rank_state
+    if optimizers is not None:
+        check_resume_world_size(checkpoint_dir, step, dist.get_world_size() if dist.is_initialized() else 1)
     model_data, optimizer_data, meta = load_checkpoint(checkpoint_dir, step, device,
                                                        load_optimizer=optimizers is not None, rank=rank)
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in model_data.items()}, strict=True)

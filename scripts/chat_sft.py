@@ -112,9 +112,6 @@ def main(argv=None, tasks_fn=build_tasks):
     if cfg.resume_from_step >= 0:
         print0(f"Resuming from step {cfg.resume_from_step} of {checkpoint_dir}")
         meta = load_training_checkpoint(checkpoint_dir, cfg.resume_from_step, model, optimizers, device, rank)
-        if len(meta["dataloader_state_dicts"]) != world_size:
-            raise ValueError(f"checkpoint was written by {len(meta['dataloader_state_dicts'])} ranks; "
-                             f"resume with the same number, not {world_size}")
         start_step, loader_state = meta["step"], meta["dataloader_state_dicts"][rank]
         metrics.update({k: meta[k] for k in metrics})
 
