@@ -206,11 +206,13 @@ def load_rank_state(checkpoint_dir, step, rank=0):
     return _load_torch(path, "cpu")
 
 
-def _clean_state_dict(model_data, device):
+def _clean_state_dict(model_data):
     cleaned = {}
     for key, value in model_data.items():
-        if device.type in ("cpu", "mps") and value.dtype == torch.bfloat16:
-            value = value.float()  # bf16 is a CUDA memory saving; compute in fp32 elsewhere
+        if value.dtype == torch.bfloat16:
+            # the bf16 embedding CUDA training saves would meet fp32 layers under --dtype=float32 (no
+            # autocast); an fp32 copy works under either dtype, at the cost of the embedding's memory
+            value = value.float()
         cleaned[key.removeprefix("_orig_mod.")] = value
     return cleaned
 
@@ -233,9 +235,9 @@ def build_model(checkpoint_dir, step, device, phase):
 
 
 def model_from_state_dict(model_config, model_data, device, phase="eval"):
-    """A GPT on `device` holding `model_data` (bf16 tensors become fp32 off CUDA), in train or eval mode."""
+    """A GPT on `device` holding `model_data` (bf16 tensors become fp32 on every device), in train or eval mode."""
     device = torch.device(device)
-    model_data = _clean_state_dict(model_data, device)
+    model_data = _clean_state_dict(model_data)
     with torch.device("meta"):
         model = GPT(model_config)
     model.to_empty(device=device)

@@ -268,3 +268,15 @@ def test_public_save_checkpoint_is_not_collective(tmp_path):
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr[-3000:]
     assert cm.find_last_step(d) == 3 and os.path.exists(os.path.join(d, "optim_000003_rank0.pt"))
+
+
+def test_bf16_tensors_load_as_float32_on_every_device():
+    """A CUDA-trained checkpoint keeps its embedding in bf16; loaded for --dtype=float32 (no autocast) it
+    would meet fp32 layers, so every bf16 tensor becomes fp32 at load, whatever the device (meta here)."""
+    model = tiny_model()
+    state = model.state_dict()
+    state["transformer.wte.weight"] = state["transformer.wte.weight"].bfloat16()
+    loaded = cm.model_from_state_dict(model.config, state, "meta")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    on_cpu = cm.model_from_state_dict(model.config, state, "cpu")
+    assert torch.equal(on_cpu.transformer.wte.weight, state["transformer.wte.weight"].float())
