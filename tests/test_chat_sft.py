@@ -88,3 +88,27 @@ def test_an_all_masked_micro_batch_adds_zero_to_the_step(base_dir, byte_tokenize
     assert mixed["losses"][0] == pytest.approx(alone["losses"][0], rel=1e-5)
     for (name, a), b in zip(mixed["model"].state_dict().items(), alone["model"].state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.slow  # a torchrun launch
+def test_two_ranks_normalise_by_the_tokens_of_every_rank(base_dir, byte_tokenizer):
+    """2 ranks x 1 example == 1 process x 2 micro-batches: the step's loss is the mean over every rank's
+    valid tokens (micro-batches of different lengths, one of them all masked)."""
+    import subprocess
+    import sys
+    tiny_mid(base_dir, byte_tokenizer)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    helper = os.path.join(repo, "tests", "dist_sft_helper.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo, NANOCHAT_BASE_DIR=base_dir)
+    args = ARGS + ["--max_seq_len=32", "--device_batch_size=1", "--target_examples_per_step=2",
+                   "--num_iterations=3", "--eval_every=-1"]
+    ckpt = os.path.join(base_dir, "chatsft_checkpoints", "d1")
+    models = []
+    for launcher in ([], ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]):
+        out = subprocess.run([sys.executable] + launcher + [helper, "--"] + args, cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        models.append(torch.load(os.path.join(ckpt, "model_000003.pt"), map_location="cpu"))
+    for key, value in models[0].items():
+        assert torch.isfinite(value).all(), key
+        assert torch.allclose(value, models[1][key], rtol=1e-4, atol=1e-6), key
