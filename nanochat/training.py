@@ -163,7 +163,8 @@ def init_wandb(run, user_config, master_process, project="nanochat"):
         import wandb
     except ImportError:
         raise RuntimeError(f"--run={run} asks for wandb logging but wandb is not installed; "
-                           "set up the environment with `source dev/setup_env.sh` (wandb is a dependency) or pass --run=dummy") from None
+                           "set up the environment with `source dev/setup_env.sh` (wandb is a dependency) "
+                           "or pass --run=dummy") from None
     return wandb.init(project=project, name=run, config=user_config)
 
 
