@@ -5,21 +5,26 @@ A checkpoint for step N in a directory is:
     model_N.pt              model state_dict (rank 0)
     optim_N_rank<R>.pt      [adamw.state_dict(), muon.state_dict()] of rank R (every rank)
     rng_N_rank<R>.pt        RNG state of rank R (optional; written by the training utilities)
-    meta_N.json             metadata (rank 0), written LAST
-Every file goes through a temp file and an atomic rename, and the meta file is what makes a
-checkpoint "there": a crash or a full disk mid-save leaves at most an incomplete step that
-find_last_step ignores, and the previous checkpoint stays loadable.
+    meta_N.json             metadata (rank 0), written LAST, with the id and start time of the run
+Every file goes through a temp file, an fsync, an atomic rename and an fsync of the directory, and
+the meta file is what makes a checkpoint "there": re-saving a step removes its meta first, so a
+crash or a full disk mid-save leaves at most an incomplete step that find_last_step ignores, and
+the previous checkpoint stays loadable. The latest checkpoint is the last step of the newest run,
+so a later, shorter run under the same tag is not shadowed by an earlier run's later steps.
+Files are read with torch.load(weights_only=True): tensors and plain data only, never code.
 """
 
 import glob
 import json
 import os
+import pickle
 import re
+import time
+import uuid
 
 import torch
-import torch.distributed as dist
 
-from nanochat.common import get_base_dir, print0
+from nanochat.common import fsync_dir, get_base_dir, print0
 from nanochat.gpt import GPT, GPTConfig
 
 # The one registry of checkpoint families: source -> (directory under the base dir, the stage that writes it).
@@ -51,8 +56,13 @@ def _rng_path(d, step, rank):
     return os.path.join(d, f"rng_{step:06d}_rank{rank}.pt")
 
 
+# one id per process: every checkpoint this training run writes carries it in its meta
+RUN_ID = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+RUN_STARTED = time.time()
+
+
 def _atomic_write(path, write_fn):
-    """write_fn(file) into path.tmp, fsync, then rename over path; the tmp file never survives."""
+    """write_fn(file) into path.tmp, fsync, rename over path, fsync the directory; the tmp file never survives."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -64,6 +74,7 @@ def _atomic_write(path, write_fn):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _torch_save(obj, path):
@@ -71,22 +82,37 @@ def _torch_save(obj, path):
     print0(f"Saved {path}")
 
 
-def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data, rank=0, rank_state=None):
-    """
-    Write one checkpoint. With optimizer_data or rank_state under torch.distributed this is a
-    collective: every rank must call it (each writes its own shard, then rank 0 writes the meta).
-    """
+def invalidate_step(checkpoint_dir, step):
+    """Remove step's meta so the step reads as incomplete while its files are rewritten."""
+    path = _meta_path(checkpoint_dir, step)
+    if os.path.exists(path):
+        os.remove(path)
+        fsync_dir(checkpoint_dir)
+
+
+def save_rank_files(checkpoint_dir, step, optimizer_data=None, rank_state=None, rank=0):
+    """This rank's optimizer shard and RNG state (each only when given)."""
     os.makedirs(checkpoint_dir, exist_ok=True)
     if optimizer_data is not None:
         _torch_save(optimizer_data, _optim_path(checkpoint_dir, step, rank))
     if rank_state is not None:
         _torch_save(rank_state, _rng_path(checkpoint_dir, step, rank))
+
+
+def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data, rank=0, rank_state=None):
+    """
+    Write one checkpoint from this process, without talking to other ranks (the original contract:
+    code where only rank 0 saves works under torchrun). Rank 0 writes the model and, last, the meta;
+    every rank writes its own optimizer shard / RNG state when given. The collective version that
+    training stages use (all shards on disk before the meta) is training.save_training_checkpoint.
+    """
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    if rank == 0:
+        invalidate_step(checkpoint_dir, step)
+    save_rank_files(checkpoint_dir, step, optimizer_data, rank_state, rank)
     if rank == 0:
         _torch_save(model_data, _model_path(checkpoint_dir, step))
-    sharded = optimizer_data is not None or rank_state is not None
-    if sharded and dist.is_available() and dist.is_initialized():
-        dist.barrier()  # all shards are on disk before the meta file marks the step complete
-    if rank == 0:
+        meta_data = {"run_id": RUN_ID, "run_started": RUN_STARTED, **meta_data}
         text = json.dumps(meta_data, indent=2).encode("utf-8")
         path = _meta_path(checkpoint_dir, step)
         _atomic_write(path, lambda f: f.write(text))
@@ -96,9 +122,17 @@ def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data,
 def _load_torch(path, device):
     try:
         with open(path, "rb") as f:
-            return torch.load(f, map_location=device, weights_only=False)
+            return torch.load(f, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():  # a pickle that asks to build objects or call functions
+            raise CheckpointError(
+                f"refusing to load {path}: it holds objects other than tensors and plain data, which a "
+                "checkpoint written by nanochat never does (a tampered or foreign file can run code when "
+                "unpickled). Delete it, or re-save it from a source you trust.") from None
+        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                              "delete that step's files and resume from an earlier step") from e
     except Exception as e:  # any unpickling failure means a damaged file
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                               "delete that step's files and resume from an earlier step") from e
@@ -151,6 +185,19 @@ def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False, rank=0):
     return model_data, optimizer_data, meta_data
 
 
+def saved_world_size(checkpoint_dir, step):
+    """How many ranks wrote `step`: from its meta, else from its per-rank files (the original's
+    checkpoints have one optimizer shard per rank); None when nothing says."""
+    meta_path = _meta_path(checkpoint_dir, step)
+    if os.path.exists(meta_path) and isinstance(_load_meta(meta_path).get("world_size"), int):
+        return _load_meta(meta_path)["world_size"]
+    for pattern in (f"optim_{step:06d}_rank*.pt", f"rng_{step:06d}_rank*.pt"):
+        shards = glob.glob(os.path.join(checkpoint_dir, pattern))
+        if shards:
+            return len(shards)
+    return None
+
+
 def load_rank_state(checkpoint_dir, step, rank=0):
     """The RNG state saved by this rank, or None for checkpoints written without one."""
     path = _rng_path(checkpoint_dir, step, rank)
@@ -159,11 +206,13 @@ def load_rank_state(checkpoint_dir, step, rank=0):
     return _load_torch(path, "cpu")
 
 
-def _clean_state_dict(model_data, device):
+def _clean_state_dict(model_data):
     cleaned = {}
     for key, value in model_data.items():
-        if device.type in ("cpu", "mps") and value.dtype == torch.bfloat16:
-            value = value.float()  # bf16 is a CUDA memory saving; compute in fp32 elsewhere
+        if value.dtype == torch.bfloat16:
+            # the bf16 embedding CUDA training saves would meet fp32 layers under --dtype=float32 (no
+            # autocast); an fp32 copy works under either dtype, at the cost of the embedding's memory
+            value = value.float()
         cleaned[key.removeprefix("_orig_mod.")] = value
     return cleaned
 
@@ -186,9 +235,9 @@ def build_model(checkpoint_dir, step, device, phase):
 
 
 def model_from_state_dict(model_config, model_data, device, phase="eval"):
-    """A GPT on `device` holding `model_data` (bf16 tensors become fp32 off CUDA), in train or eval mode."""
+    """A GPT on `device` holding `model_data` (bf16 tensors become fp32 on every device), in train or eval mode."""
     device = torch.device(device)
-    model_data = _clean_state_dict(model_data, device)
+    model_data = _clean_state_dict(model_data)
     with torch.device("meta"):
         model = GPT(model_config)
     model.to_empty(device=device)
@@ -199,23 +248,42 @@ def model_from_state_dict(model_config, model_data, device, phase="eval"):
 
 
 def find_largest_model(checkpoint_dir):
-    """The d<N> subdirectory with the largest N, else the most recently modified subdirectory."""
+    """The subdirectory whose tag starts with d<N> for the largest N (`d20_long` counts as depth 20, like
+    the original; the newest of equal depths), else the most recently modified subdirectory."""
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"checkpoint directory {checkpoint_dir} does not exist")
     tags = [f for f in os.listdir(checkpoint_dir) if os.path.isdir(os.path.join(checkpoint_dir, f))]
     if not tags:
         raise FileNotFoundError(f"no model directories in {checkpoint_dir}")
-    depths = [(int(m.group(1)), tag) for tag in tags if (m := re.fullmatch(r"d(\d+)", tag))]
+    def mtime(tag):
+        return os.path.getmtime(os.path.join(checkpoint_dir, tag))
+    depths = [(int(m.group(1)), mtime(tag), tag) for tag in tags if (m := re.match(r"d(\d+)", tag))]
     if depths:
-        return max(depths)[1]
-    return max(tags, key=lambda t: os.path.getmtime(os.path.join(checkpoint_dir, t)))
+        return max(depths)[2]
+    return max(tags, key=mtime)
+
+
+def _run_started(checkpoint_dir, step):
+    """When the run that wrote `step` started; checkpoints without a run record (the original's) count as oldest."""
+    try:
+        started = _load_meta(_meta_path(checkpoint_dir, step)).get("run_started")
+    except (OSError, CheckpointError):
+        return float("-inf")
+    return started if isinstance(started, (int, float)) else float("-inf")
 
 
 def find_last_step(checkpoint_dir):
+    """The last complete step of the newest run that saved in `checkpoint_dir`."""
     steps = available_steps(checkpoint_dir)
     if not steps:
         raise FileNotFoundError(f"no complete checkpoints (model_*.pt with its meta_*.json) in {checkpoint_dir}")
-    return steps[-1]
+    started = {step: _run_started(checkpoint_dir, step) for step in steps}
+    newest = max(started.values())
+    last = max(step for step in steps if started[step] == newest)
+    if last != steps[-1]:
+        print0(f"Taking step {last}, the last of the newest run in {checkpoint_dir}; the later steps "
+               f"{[s for s in steps if s > last]} are left over from an earlier run (pass the step to load one)")
+    return last
 
 
 def checkpoints_dir_of(source, base_dir=None):
@@ -259,7 +327,7 @@ def resolve_checkpoint(checkpoints_dir, model_tag=None, step=None):
         print0(f"No model tag provided, guessing model tag: {model_tag}")
     steps = available_steps(os.path.join(checkpoints_dir, model_tag))
     if step is None and steps:
-        step = steps[-1]
+        step = find_last_step(os.path.join(checkpoints_dir, model_tag))
         print0(f"No model step provided, guessing model step: {step}")
     if step not in steps:
         raise _not_found(checkpoints_dir, f" tag={model_tag}" + (f" step={step}" if step is not None else ""))

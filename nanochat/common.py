@@ -89,6 +89,15 @@ class DownloadError(RuntimeError):
     pass
 
 
+def fsync_dir(directory):
+    """Make a rename or unlink in `directory` durable (the entry lives in the directory's inode)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, read_timeout=60.0,
                     chunk_size=1 << 20, backoff_base=2.0, progress=False, verify=None):
     """
@@ -116,6 +125,8 @@ def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, rea
                             written += len(chunk)
                             if bar is not None:
                                 bar.update(len(chunk))
+                    f.flush()
+                    os.fsync(f.fileno())  # the bytes are on disk before the rename can expose them
                 if bar is not None:
                     bar.close()
                 if total and written != total:
@@ -123,6 +134,7 @@ def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, rea
             if verify is not None and not verify(tmp_path):
                 raise DownloadError("downloaded content failed its check (e.g. sha256 mismatch)")
             os.replace(tmp_path, dest_path)
+            fsync_dir(os.path.dirname(os.path.abspath(dest_path)))
             return dest_path
         except Exception as e:  # every failure is retried the same way
             last_error = e

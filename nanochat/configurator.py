@@ -5,7 +5,10 @@
     cfg.depth, cfg.user_config()
 
 Rules (kept from the original so existing command lines work):
-- an argument without `=` is a Python config file whose top-level assignments override keys;
+- an argument without `=` is a Python config file, executed with the calling script's globals
+  (its imports and helpers) and the current settings in scope; the settings it assigns override
+  keys, so `total_batch_size = device_batch_size * 2 * 1024` works. Modules, functions, classes
+  and `_private` names it defines are helpers; any other new name is an unknown setting;
 - otherwise it must look like `--key=value`; the key must exist; the value is parsed with
   `ast.literal_eval`, falling back to the raw string;
 - when the default is not None the parsed type must match it exactly (`--lr=1` for a float
@@ -14,6 +17,7 @@ Unlike the original, values may contain `=`, and a lone `--` (left by some launc
 """
 
 import ast
+import inspect
 import os
 import sys
 
@@ -68,25 +72,32 @@ def _check_type(key, default, value):
     )
 
 
-def _apply_file(path, values, log):
+def _is_helper(value):
+    return inspect.ismodule(value) or inspect.isroutine(value) or inspect.isclass(value)
+
+
+def _apply_file(path, values, defaults, scope, log):
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found (arguments without '=' are config files)")
     with open(path, encoding="utf-8") as f:
         source = f.read()
     log(f"Overriding config with {path}:\n{source}")
-    namespace = {}
-    exec(compile(source, path, "exec"), {}, namespace)  # a user's own config file, not argv text
+    before = {**scope, **values}
+    namespace = dict(before)  # one dict, so functions defined in the file see its names too
+    exec(compile(source, path, "exec"), namespace)  # a user's own config file, not argv text
     for key, value in namespace.items():
-        if key.startswith("_"):
-            continue
-        if key not in values:
-            raise ConfigError(f"Unknown config key: {key} (in {path})")
-        _check_type(key, values[key], value)
-        values[key] = value
+        if key.startswith("_") or (key in before and before[key] is value):
+            continue  # private, or left as it was
+        if key in values:
+            _check_type(key, defaults[key], value)
+            values[key] = value
+        elif key not in scope and not _is_helper(value):
+            raise ConfigError(f"Unknown config key: {key} (in {path}; name helper variables with a leading _)")
 
 
-def apply_overrides(defaults, argv=None, log=None):
-    """Return a new dict of settings with the overrides in `argv` applied."""
+def apply_overrides(defaults, argv=None, log=None, scope=None):
+    """Return a new dict of settings with the overrides in `argv` applied (`scope`: the names a
+    config file may use besides the settings)."""
     if argv is None:
         argv = sys.argv[1:]
     if log is None:
@@ -98,7 +109,7 @@ def apply_overrides(defaults, argv=None, log=None):
         if "=" not in arg:
             if arg.startswith("--"):
                 raise ConfigError(f"argument {arg!r} needs a value: write {arg}=VALUE")
-            _apply_file(arg, values, log)
+            _apply_file(arg, values, defaults, scope or {}, log)
             continue
         if not arg.startswith("--"):
             raise ConfigError(f"argument {arg!r} must look like --key=value")
@@ -113,5 +124,8 @@ def apply_overrides(defaults, argv=None, log=None):
     return values
 
 
-def configure(defaults, argv=None, log=None):
-    return Config(apply_overrides(defaults, argv, log))
+def configure(defaults, argv=None, log=None, scope=None):
+    """Settings for a script; config files run with the caller's module globals unless `scope` is given."""
+    if scope is None:
+        scope = sys._getframe(1).f_globals
+    return Config(apply_overrides(defaults, argv, log, scope))

@@ -196,15 +196,20 @@ def evaluate_example(idx, model, tokenizer, data, device, task_meta):
     return min(range(len(mean_losses)), key=mean_losses.__getitem__) == item["gold"]
 
 
-def evaluate_task(model, tokenizer, data, device, task_meta, stats=None):
+def evaluate_task(model, tokenizer, data, device, task_meta, stats=None, max_examples=None):
     """
-    Accuracy over `data`, examples strided over ranks and summed across them. An example that
-    fails to render is counted in stats["malformed"] and left out of the mean, not fatal.
+    Accuracy over `data` (its first `max_examples` items when given), examples strided over ranks
+    and summed across them. The few-shot examples come from the first max(max_examples,
+    num_fewshot + 1) items, so a crop below the task's shot count still gets every shot (the
+    original crashed there). An example that fails to render is counted in stats["malformed"] and
+    left out of the mean, not fatal.
     """
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else 1
+    num_examples = len(data) if max_examples is None else min(len(data), max_examples)
+    data = data[:max(num_examples, task_meta["num_fewshot"] + 1)]
     counts = torch.zeros(3, dtype=torch.float64)  # correct, evaluated, malformed
-    for idx in range(rank, len(data), world_size):
+    for idx in range(rank, num_examples, world_size):
         try:
             correct = evaluate_example(idx, model, tokenizer, data, device, task_meta)
         except (MalformedItem, KeyError, TypeError, IndexError, AttributeError) as e:

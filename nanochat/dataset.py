@@ -73,7 +73,8 @@ def split_files(split, data_dir=None):
 
 
 def open_shard(path):
-    """Open a shard as a pyarrow ParquetFile, checking that it is readable and has one string `text` column."""
+    """Open a shard as a pyarrow ParquetFile, checking that it is readable and has a string `text` column
+    (other columns, such as `id`, `url` or `score` in public corpora, are ignored like in the original)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     try:
@@ -82,10 +83,10 @@ def open_shard(path):
         raise ShardError(f"{path} is not a readable parquet shard ({e}). It is probably truncated or corrupt: "
                          "delete it and download or pack it again (python -m nanochat.dataset).") from None
     schema = pf.schema_arrow
-    if schema.names != ["text"] or not (pa.types.is_string(schema.field("text").type)
-                                        or pa.types.is_large_string(schema.field("text").type)):
-        raise ShardError(f"{path} has schema {schema.names} ({schema.types}); a shard must have exactly one "
-                         "string column named 'text'. Re-create it with python -m nanochat.dataset --from-jsonl.")
+    text_type = schema.field("text").type if schema.names.count("text") == 1 else None
+    if text_type is None or not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+        raise ShardError(f"{path} has schema {schema.names} ({schema.types}); a shard needs one string column "
+                         "named 'text'. Re-create it with python -m nanochat.dataset --from-jsonl.")
     return pf
 
 

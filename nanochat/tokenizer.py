@@ -52,6 +52,9 @@ def byte_level_pre_tokenizer(pattern=SPLIT_PATTERN):
 
 class HuggingFaceTokenizer:
     def __init__(self, tokenizer):
+        # user text must never turn into special tokens: HF matches added tokens inside any text
+        # unless told not to (specials are placed by encode_special only; the flag is not saved)
+        tokenizer.encode_special_tokens = True
         self.tokenizer = tokenizer
 
     @classmethod

@@ -6,6 +6,7 @@ everywhere: device helpers, LR/momentum schedules, batch arithmetic, evaluation 
 smoothing, throughput/MFU, the log line, wandb-or-nothing, checkpoint + exact resume, the report.
 """
 
+import os
 import random
 import resource
 
@@ -162,7 +163,8 @@ def init_wandb(run, user_config, master_process, project="nanochat"):
         import wandb
     except ImportError:
         raise RuntimeError(f"--run={run} asks for wandb logging but wandb is not installed; "
-                           "`pip install wandb` or pass --run=dummy") from None
+                           "set up the environment with `source dev/setup_env.sh` (wandb is a dependency) "
+                           "or pass --run=dummy") from None
     return wandb.init(project=project, name=run, config=user_config)
 
 
@@ -190,18 +192,45 @@ def set_rng_state(state):
 
 def save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, rank=0):
     """
-    Model (rank 0), this rank's optimizer shards and RNG state, then meta. Collective under
-    torchrun: every rank calls it. `optimizers=None` saves no optimizer state (SFT/RL).
+    Collective under torchrun (every rank calls it): rank 0 removes the step's old meta, every rank
+    writes its optimizer shards and RNG state, and only once all are on disk does rank 0 write the
+    model and the meta that marks the step complete. `optimizers=None` saves no optimizer state (SFT/RL).
     """
-    from nanochat.checkpoint_manager import save_checkpoint
+    import torch.distributed as dist
+    from nanochat.checkpoint_manager import invalidate_step, save_checkpoint, save_rank_files
+    distributed = dist.is_available() and dist.is_initialized()
+    if rank == 0:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        invalidate_step(checkpoint_dir, step)
+    if distributed:
+        dist.barrier()  # no rank rewrites a shard while the old meta still vouches for it
     optimizer_data = None if optimizers is None else [opt.state_dict() for opt in optimizers]
-    save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer_data, meta, rank=rank,
-                    rank_state=rng_state())
+    save_rank_files(checkpoint_dir, step, optimizer_data, rng_state(), rank)
+    if distributed:
+        dist.barrier()  # all shards are on disk before the meta marks the step complete
+    if rank == 0:
+        world_size = dist.get_world_size() if distributed else 1
+        save_checkpoint(checkpoint_dir, step, model.state_dict(), None, dict(meta, world_size=world_size), rank=0)
+
+
+def check_resume_world_size(checkpoint_dir, step, world_size):
+    """Refuse, in every stage alike, to resume a checkpoint written by a different number of ranks:
+    optimizer shards and data positions belong to the ranks that wrote them."""
+    from nanochat.checkpoint_manager import saved_world_size
+    saved = saved_world_size(checkpoint_dir, step)
+    if saved is not None and saved != world_size:
+        raise ValueError(
+            f"checkpoint step {step} in {checkpoint_dir} was written by {saved} rank(s) but this run has "
+            f"{world_size}: its optimizer shards and data positions belong to the ranks that wrote them. "
+            f"Resume with {saved} process(es) in total (torchrun --nnodes * --nproc_per_node = {saved}).")
 
 
 def load_training_checkpoint(checkpoint_dir, step, model, optimizers, device, rank=0):
     """Restore model, optimizers and RNG saved by save_training_checkpoint; returns the meta dict."""
+    import torch.distributed as dist
     from nanochat.checkpoint_manager import load_checkpoint, load_rank_state
+    if optimizers is not None:
+        check_resume_world_size(checkpoint_dir, step, dist.get_world_size() if dist.is_initialized() else 1)
     model_data, optimizer_data, meta = load_checkpoint(checkpoint_dir, step, device,
                                                        load_optimizer=optimizers is not None, rank=rank)
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in model_data.items()}, strict=True)

@@ -128,10 +128,9 @@ def evaluate_model(model, tokenizer, device, max_per_task=-1):
         data, bad_json = load_task_rows(task["path"])
         data, bad_rows = split_malformed(data, task["task_type"])
         random.Random(1337).shuffle(data)
-        if max_per_task > 0:
-            data = data[:max_per_task]
         stats = {}
-        accuracy = evaluate_task(model, tokenizer, data, device, task, stats=stats)
+        accuracy = evaluate_task(model, tokenizer, data, device, task, stats=stats,
+                                 max_examples=max_per_task if max_per_task > 0 else None)
         malformed[label] = bad_json + bad_rows + stats.get("malformed", 0)
         baseline = baselines.get(label)
         if baseline is None:

@@ -141,7 +141,7 @@ def chatcore(results):
 
 def build_parser():
     parser = argparse.ArgumentParser(description="Evaluate a chat model")
-    parser.add_argument("-i", "--source", type=str, required=True, help="Source of the model: sft|mid|rl")
+    parser.add_argument("-i", "--source", type=str, required=True, help="Source of the model: base|mid|sft|rl")
     parser.add_argument("-a", "--task-name", type=str, default=None, help="Task name(s), '|'-separated. Default = all")
     parser.add_argument("-d", "--dtype", type=str, default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("-t", "--temperature", type=float, default=0.0)
@@ -160,10 +160,9 @@ def build_parser():
 def main():
     args = build_parser().parse_args()
     task_names = parse_task_names(args.task_name)  # fail before loading the model
-    if args.source not in ("sft", "mid", "rl"):
-        raise SystemExit(f"--source must be one of sft|mid|rl, got {args.source!r}")
-
-    from nanochat.checkpoint_manager import load_model
+    from nanochat.checkpoint_manager import SOURCE_DIRS, load_model
+    if args.source not in SOURCE_DIRS:  # any source load_model knows, base included (as in the original)
+        raise SystemExit(f"--source must be one of {'|'.join(SOURCE_DIRS)}, got {args.source!r}")
     from nanochat.engine import Engine
 
     device_type = autodetect_device_type() if args.device_type == "" else args.device_type

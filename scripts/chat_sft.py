@@ -21,7 +21,7 @@ import torch
 from nanochat.chat_data import PaddedConversations, nonempty_tasks
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
-                             mean_across_ranks, print0, print_banner, sum_across_ranks)
+                             print0, print_banner, sum_across_ranks)
 from nanochat.configurator import configure
 from nanochat.training import (apply_schedule, autocast_context, gather_loader_states, get_report,
                                init_wandb, is_due, linear_decay_lr_multiplier, load_training_checkpoint,
@@ -112,9 +112,6 @@ def main(argv=None, tasks_fn=build_tasks):
     if cfg.resume_from_step >= 0:
         print0(f"Resuming from step {cfg.resume_from_step} of {checkpoint_dir}")
         meta = load_training_checkpoint(checkpoint_dir, cfg.resume_from_step, model, optimizers, device, rank)
-        if len(meta["dataloader_state_dicts"]) != world_size:
-            raise ValueError(f"checkpoint was written by {len(meta['dataloader_state_dicts'])} ranks; "
-                             f"resume with the same number, not {world_size}")
         start_step, loader_state = meta["step"], meta["dataloader_state_dicts"][rank]
         metrics.update({k: meta[k] for k in metrics})
 
@@ -132,9 +129,14 @@ def main(argv=None, tasks_fn=build_tasks):
         if is_due(step, cfg.eval_every, last_step):
             model.eval()
             val_loader = padded(val_ds, name="sft val")
+            loss_sum, num_tokens = 0.0, 0
             with torch.no_grad(), autocast_ctx:
-                losses = [model(*next(val_loader)).item() for _ in range(cfg.eval_steps)]
-            metrics["val_loss"] = mean_across_ranks([sum(losses) / len(losses)], device)[0]
+                for _ in range(cfg.eval_steps):
+                    x, y = next(val_loader)
+                    loss_sum += model(x, y, loss_reduction="sum").item()
+                    num_tokens += int((y >= 0).sum())
+            loss_sum, num_tokens = sum_across_ranks([loss_sum, num_tokens], device)
+            metrics["val_loss"] = loss_sum / max(num_tokens, 1)
             model.train()
             results["val_loss"][step] = metrics["val_loss"]
             print0(f"Step {step:05d} | Validation loss: {metrics['val_loss']:.6f}")
@@ -157,22 +159,25 @@ def main(argv=None, tasks_fn=build_tasks):
         if last_step:
             break
 
-        num_tokens = torch.zeros((), dtype=torch.long, device=device)
-        for _ in range(accum_steps):
-            x, y = next(train_loader)
+        # The loss is the mean over the step's valid target tokens on every rank, not a mean of
+        # per-micro-batch means: an all-masked micro-batch (long prompts) adds zero instead of NaN.
+        batches = [next(train_loader) for _ in range(accum_steps)]
+        num_tokens = sum_across_ranks([sum(int((y >= 0).sum()) for _, y in batches)], device)[0]
+        # the optimizers average gradients over ranks, so each rank's share is scaled by world_size
+        scale = world_size / max(num_tokens, 1)
+        loss_sum = torch.zeros((), device=device)
+        for x, y in batches:
             with autocast_ctx:
-                loss = model(x, y)
-            train_loss = loss.detach()
-            (loss / accum_steps).backward()
-            num_tokens += (y >= 0).sum()
-        num_tokens = sum_across_ranks([num_tokens.item()], device)[0]
+                loss = model(x, y, loss_reduction="sum")
+            (loss * scale).backward()
+            loss_sum += loss.detach().float()
+        train_loss = sum_across_ranks([loss_sum.item()], device)[0] / max(num_tokens, 1)
         lrm = linear_decay_lr_multiplier(step, num_iterations)
         apply_schedule(optimizers, lrm)
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
 
-        train_loss = train_loss.item()
         results["losses"][step] = train_loss
         print0(f"Step {step:05d}/{num_iterations:05d} | Training loss: {train_loss:.6f} | lrm: {lrm:.6f} "
                f"| num_tokens: {num_tokens:,}")

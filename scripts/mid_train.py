@@ -113,9 +113,6 @@ def main(argv=None, tasks_fn=build_tasks):
         print0(f"Resuming from step {cfg.resume_from_step} of {checkpoint_dir}")
         meta = load_training_checkpoint(checkpoint_dir, cfg.resume_from_step, orig_model, optimizers, device, rank)
         states = meta["dataloader_state_dicts"]
-        if len(states) != world_size:
-            raise ValueError(f"checkpoint was written by {len(states)} ranks; "
-                             f"resume with the same number, not {world_size}")
         step, loader_state, val_bpb = meta["step"], states[rank], meta["val_bpb"]
         min_val_bpb, loss_tracker.ema, total_time = (meta["loop_state"][k] for k in
                                                      ("min_val_bpb", "smooth_train_loss", "total_training_time"))

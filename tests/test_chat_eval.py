@@ -125,6 +125,21 @@ def test_chat_eval_main_runs_every_task_and_logs_chatcore(data_pack, base_dir, b
     assert "- ChatCORE metric: " in report
 
 
+def test_chat_eval_accepts_a_base_model(data_pack, base_dir, byte_tokenizer, monkeypatch):
+    """`-i base` evaluates a base checkpoint like any other source load_model knows."""
+    from test_base_eval import save_tiny_checkpoint
+    from scripts import chat_eval
+    save_tiny_checkpoint(base_dir, byte_tokenizer, "base_checkpoints")
+    monkeypatch.setattr(sys, "argv", ["chat_eval", "-i", "base", "-a", "ARC-Easy", "-x", "2", "-b", "2",
+                                      "--device-type=cpu", "-d", "float32"])
+    chat_eval.main()
+    report = open(os.path.join(base_dir, "report", "chat-evaluation-base.md")).read()
+    assert "- ARC-Easy: " in report
+    monkeypatch.setattr(sys, "argv", ["chat_eval", "-i", "nope", "-a", "ARC-Easy"])
+    with pytest.raises(SystemExit, match=r"base\|mid\|sft\|rl, got .nope"):
+        chat_eval.main()
+
+
 def test_chat_eval_rejects_unknown_task_before_loading(monkeypatch):
     from scripts import chat_eval
     monkeypatch.setattr(sys, "argv", ["chat_eval", "-i", "sft", "-a", "Nope"])

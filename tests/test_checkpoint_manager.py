@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,6 +126,13 @@ def test_find_largest_model(tmp_path):
     assert cm.find_largest_model(str(tmp_path)) == "d12"
 
 
+def test_find_largest_model_reads_the_depth_from_the_tag_prefix(tmp_path):
+    """As in the original, `d20_long` is a depth-20 model and wins over d12."""
+    for tag in ("d12", "d20_long", "d4x"):
+        (tmp_path / tag).mkdir()
+    assert cm.find_largest_model(str(tmp_path)) == "d20_long"
+
+
 def test_load_model_rebuilds_the_trained_model(base_dir, byte_tokenizer):
     tok_dir = os.path.join(base_dir, "tokenizer")
     byte_tokenizer.save(tok_dir)
@@ -146,3 +155,128 @@ def test_load_model_rebuilds_the_trained_model(base_dir, byte_tokenizer):
     with pytest.raises(ValueError, match="vocab size 265 does not match"):
         cm.save_checkpoint(d, 4, {}, None, {"step": 4, "model_config": dict(model.config.__dict__, vocab_size=300)})
         cm.load_model("base", "cpu", phase="eval", step=4)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CodeRunningPickle:
+    """Unpickling this calls os.mkdir(path): what a tampered checkpoint would do with worse code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+@pytest.mark.parametrize("victim", ["model", "optim", "rng"])
+def test_a_checkpoint_that_runs_code_is_refused(tmp_path, victim):
+    d = str(tmp_path / "ck")
+    model = tiny_model()
+    cm.save_checkpoint(d, 1, model.state_dict(), [{"state": {}}], {"step": 1, "model_config": model.config.__dict__},
+                       rank_state={"torch": torch.get_rng_state()})
+    marker = str(tmp_path / "pwned")
+    path = {"model": cm._model_path, "optim": lambda d, s: cm._optim_path(d, s, 0),
+            "rng": lambda d, s: cm._rng_path(d, s, 0)}[victim](d, 1)
+    torch.save({"payload": CodeRunningPickle(marker)}, path)
+    with pytest.raises(cm.CheckpointError, match=r"refusing to load .*holds objects other than tensors"):
+        cm.load_checkpoint(d, 1, "cpu", load_optimizer=True)
+        cm.load_rank_state(d, 1)
+    assert not os.path.exists(marker)
+
+
+def test_checkpoints_written_the_original_way_still_load(tmp_path):
+    """Plain torch.save of the state dicts and a meta without a run record (the original's files)."""
+    d = tmp_path / "d4"
+    d.mkdir()
+    model = tiny_model()
+    optimizers = model.setup_optimizers()
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)).backward()
+    for opt in optimizers:
+        opt.step()
+    torch.save(model.state_dict(), d / "model_000007.pt")
+    torch.save([opt.state_dict() for opt in optimizers], d / "optim_000007_rank0.pt")
+    (d / "meta_000007.json").write_text(json.dumps({"step": 7, "model_config": model.config.__dict__}))
+    model_data, optim_data, meta = cm.load_checkpoint(str(d), 7, "cpu", load_optimizer=True)
+    assert all(torch.equal(model_data[k], v) for k, v in model.state_dict().items())
+    assert optim_data[0]["param_groups"][0]["betas"] == optimizers[0].param_groups[0]["betas"]
+    assert cm.find_last_step(str(d)) == 7 and meta["step"] == 7
+
+
+def test_resaving_a_step_marks_it_incomplete_until_the_new_meta_is_written(tmp_path, monkeypatch):
+    d = str(tmp_path / "ck")
+    save_step(d, 4)
+    save_step(d, 5)
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        if "model_000005" in getattr(f, "name", ""):
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_step(d, 5, optim=[{"state": {}}])  # the new optimizer shard lands, the model does not
+    assert cm.available_steps(d) == [4]  # step 5 is no longer vouched for by its old meta
+    assert cm.find_last_step(d) == 4
+
+
+def test_every_rename_is_made_durable_with_a_directory_fsync(tmp_path, monkeypatch):
+    import stat
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode)
+                                                               else "file"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    save_step(str(tmp_path / "ck"), 1)
+    assert events == ["file", "rename", "dir"] * 2  # model, then meta
+
+
+def save_in_a_new_process(d, steps):
+    """Each process is one training run (its own run id)."""
+    code = ("import sys; from nanochat import checkpoint_manager as cm\n"
+            "for step in map(int, sys.argv[2:]):\n"
+            "    cm.save_checkpoint(sys.argv[1], step, {}, None, {'step': step})\n")
+    subprocess.run([sys.executable, "-c", code, d] + [str(s) for s in steps], cwd=REPO, check=True)
+
+
+def test_latest_is_the_last_step_of_the_newest_run(tmp_path):
+    """A later, shorter run under the same tag must not be shadowed by the earlier run's later steps."""
+    d = str(tmp_path / "ck")
+    save_in_a_new_process(d, [100, 200, 300])
+    save_in_a_new_process(d, [100, 150])
+    assert cm.available_steps(d) == [100, 150, 200, 300]
+    assert cm.find_last_step(d) == 150
+    metas = [json.load(open(os.path.join(d, f"meta_{s:06d}.json"))) for s in (150, 300)]
+    assert metas[0]["run_id"] != metas[1]["run_id"] and metas[0]["run_started"] > metas[1]["run_started"]
+
+
+def test_public_save_checkpoint_is_not_collective(tmp_path):
+    """Written the original way (only rank 0 saves, optimizer data included) it must not wait for rank 1."""
+    d = str(tmp_path / "ck")
+    script = tmp_path / "rank0_saves.py"
+    script.write_text(
+        "import os, sys, torch, torch.distributed as dist\n"
+        "from nanochat import checkpoint_manager as cm\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "if rank == 0:\n"
+        "    cm.save_checkpoint(sys.argv[1], 3, {'w': torch.ones(2)}, [{'state': {}}], {'step': 3}, rank=0)\n"
+        "dist.destroy_process_group()\n")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), d]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert cm.find_last_step(d) == 3 and os.path.exists(os.path.join(d, "optim_000003_rank0.pt"))
+
+
+def test_bf16_tensors_load_as_float32_on_every_device():
+    """A CUDA-trained checkpoint keeps its embedding in bf16; loaded for --dtype=float32 (no autocast) it
+    would meet fp32 layers, so every bf16 tensor becomes fp32 at load, whatever the device (meta here)."""
+    model = tiny_model()
+    state = model.state_dict()
+    state["transformer.wte.weight"] = state["transformer.wte.weight"].bfloat16()
+    loaded = cm.model_from_state_dict(model.config, state, "meta")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    on_cpu = cm.model_from_state_dict(model.config, state, "cpu")
+    assert torch.equal(on_cpu.transformer.wte.weight, state["transformer.wte.weight"].float())

@@ -3,6 +3,7 @@
 import pytest
 
 from nanochat.configurator import ConfigError, apply_overrides, configure
+from test_base_train import TINY, train_env  # noqa: F401  (fixture)
 
 DEFAULTS = dict(depth=20, lr=0.02, run="dummy", flag=True, tag=None)
 
@@ -51,3 +52,38 @@ def test_config_file(tmp_path):
 def test_defaults_are_not_mutated():
     apply_overrides(DEFAULTS, ["--depth=1"], log=lambda m: None)
     assert DEFAULTS["depth"] == 20
+
+
+SCRIPT_HELPER_SCALE = 3  # a module-level name of the "script" calling configure
+
+
+def test_config_file_runs_with_the_scripts_settings_and_globals_in_scope(tmp_path):
+    """Like the original: imports, helper names, the script's globals and the current values all work."""
+    path = tmp_path / "cfg.py"
+    path.write_text("import math\n"
+                    "def double(x):\n    return 2 * x\n"
+                    "_half = depth // 2\n"
+                    "depth = double(_half) * SCRIPT_HELPER_SCALE\n"
+                    "lr = math.sqrt(lr * lr) / 2\n"
+                    "tag = [run, depth]\n")
+    cfg = configure(DEFAULTS, ["--depth=8", str(path)], log=lambda m: None)
+    assert (cfg.depth, cfg.lr, cfg.tag) == (24, 0.01, ["dummy", 24])
+    # names that end up set keep the typed check; an unknown plain value is still a typo
+    path.write_text("import math\nlr = math.floor(lr)\n")
+    with pytest.raises(ConfigError, match="expects float"):
+        configure(DEFAULTS, [str(path)], log=lambda m: None)
+    path.write_text("depht = depth + 1\n")
+    with pytest.raises(ConfigError, match="Unknown config key: depht"):
+        configure(DEFAULTS, [str(path)], log=lambda m: None)
+
+
+def test_base_train_config_file_sees_the_scripts_imports_and_settings(train_env, tmp_path, capsys):  # noqa: F811
+    """`python -m scripts.base_train my.py` as in the original: the file uses `torch` (imported by the
+    script, not by the file), `import math`, and the current settings."""
+    from scripts.base_train import main
+    path = tmp_path / "my.py"
+    path.write_text("import math\n"
+                    "assert torch.get_num_threads() >= 1\n"
+                    "total_batch_size = device_batch_size * max_seq_len * int(math.sqrt(4))\n")
+    main(TINY + [str(path), "--num_iterations=1", "--eval_every=-1"])
+    assert "Total batch size 256 => gradient accumulation steps: 2" in capsys.readouterr().out

@@ -125,3 +125,33 @@ def test_malformed_items_are_counted_not_fatal(byte_tokenizer):
 def test_lm_prefix_check(byte_tokenizer):
     tokens, starts, ends = batch_sequences_lm(byte_tokenizer, ["ab", "ab c"])
     assert starts == [3] and ends == [5] and len(tokens) == 1
+
+
+class PromptRecorder:
+    """The tokenizer, recording every prompt CORE renders for the model."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.prompts = tokenizer, []
+
+    def __call__(self, prompts, **kwargs):
+        self.prompts.extend(prompts)
+        return self.tokenizer(prompts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_max_per_task_below_the_shot_count_runs_with_every_shot(base_dir, byte_tokenizer):
+    """`--max-per-task=2` on a 3-shot task: 2 items evaluated, each prompt still has its 3 shots."""
+    import os
+    from test_base_eval import make_bundle, tiny_model
+    from scripts.base_eval import evaluate_model
+    bundle = make_bundle(base_dir)
+    with open(os.path.join(bundle, "core.yaml"), "w") as f:
+        f.write("icl_tasks:\n-\n  label: winograd\n  dataset_uri: language_understanding/winograd_wsc.jsonl\n"
+                "  num_fewshot: [3]\n  icl_task_type: schema\n")
+    recorder = PromptRecorder(byte_tokenizer)
+    out = evaluate_model(tiny_model(), recorder, "cpu", max_per_task=2)
+    assert out["results"]["winograd"] in (0.0, 0.5, 1.0)
+    assert len(recorder.prompts) == 2 * 2  # two items, two context options each
+    assert all(prompt.count("\n\n") == 3 for prompt in recorder.prompts)

@@ -257,6 +257,20 @@ def shard_bytes(tmp_path):
     return path.read_bytes()
 
 
+def test_shards_with_extra_columns_are_read_by_their_text_column(base_dir, small_corpus):
+    """Public corpora carry id/url/score next to text: the text is read, the rest ignored."""
+    data_dir = dataset.get_data_dir()
+    rich = {"id": ["a", "b", "c"], "text": ["one", "two", "three"], "url": ["u"] * 3, "score": [0.1, 0.2, 0.3]}
+    pq.write_table(pa.table(rich), os.path.join(data_dir, "shard_00000.parquet"))
+    pq.write_table(pa.table(rich), os.path.join(data_dir, "shard_00001.parquet"))
+    assert list(dataset.parquets_iter_batched("train")) == [["one", "two", "three"]]
+    pf = dataset.open_shard(os.path.join(data_dir, "shard_00000.parquet"))
+    assert dataset.read_row_group(pf, 0) == ["one", "two", "three"]
+    pq.write_table(pa.table({"id": [1], "text": [3]}), os.path.join(data_dir, "shard_00000.parquet"))
+    with pytest.raises(dataset.ShardError, match="shard_00000.parquet.*string column named 'text'"):
+        list(dataset.parquets_iter_batched("train"))
+
+
 def test_download_retries_dropped_connection(base_dir, shard_bytes):
     name = dataset.index_to_filename(0)
     with ShardServer({name: shard_bytes}, dataset.get_data_dir()) as server:
@@ -269,6 +283,31 @@ def test_download_retries_dropped_connection(base_dir, shard_bytes):
     for listing in server.visible_during_transfer:
         assert not [f for f in listing if f.endswith(".parquet")], listing
         assert any(f.endswith(".tmp") for f in listing), listing
+
+
+def test_download_is_fsynced_before_the_rename_and_the_directory_after(base_dir, shard_bytes, monkeypatch):
+    """A power cut right after the download must not leave an empty or missing shard under its final name."""
+    import stat
+    name = dataset.index_to_filename(0)
+    final = os.path.join(dataset.get_data_dir(), name)
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def recording_fsync(fd):
+        events.append(("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file", os.path.exists(final)))
+        return real_fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("rename", dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    with ShardServer({name: shard_bytes}, dataset.get_data_dir()) as server:
+        assert dataset.download_single_file(0, base_url=server.url, backoff_base=0.01)
+    kinds = [e[0] for e in events]
+    rename = kinds.index("rename")
+    assert ("fsync-file", False) in events[:rename], events  # the tmp file's bytes, before the rename
+    assert "fsync-dir" in kinds[rename:], events  # the rename itself
 
 
 def test_download_sha256_catches_corruption(base_dir, shard_bytes, tmp_path):

@@ -190,3 +190,17 @@ def test_hf_tokenizer_from_local_directory(tmp_path):
     loaded = HuggingFaceTokenizer.from_pretrained(str(tmp_path))  # a folder, not a Hub id
     assert loaded.encode("hello world") == trained.encode("hello world")
     assert loaded.get_bos_token_id() == loaded.encode_special("<|bos|>")
+
+
+def test_hf_tokenizer_never_makes_special_tokens_from_text(tmp_path):
+    """'hi<|assistant_start|>' is ordinary text for the HF class too (trained or loaded from disk)."""
+    from nanochat.tokenizer import SPECIAL_TOKENS, HuggingFaceTokenizer
+    trained = HuggingFaceTokenizer.train_from_iterator(iter(["hello world, hi there"] * 20), 300)
+    trained.save(str(tmp_path))
+    for tok in (trained, HuggingFaceTokenizer.from_pretrained(str(tmp_path))):
+        specials = {tok.encode_special(s) for s in SPECIAL_TOKENS}
+        text = "hi<|assistant_start|>" + "".join(SPECIAL_TOKENS)
+        ids = tok.encode(text)
+        assert not specials & set(ids)
+        assert tok.decode(ids) == text
+        assert tok.encode("hi", prepend="<|bos|>")[0] == tok.get_bos_token_id()  # specials still placed on purpose
