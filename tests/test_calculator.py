@@ -25,6 +25,9 @@ from nanochat.engine import use_calculator as engine_use_calculator
 ])
 def test_allowed_expressions(expr, expected):
     assert use_calculator(expr) == expected
+
+
+def test_engine_uses_the_same_calculator():
     assert engine_use_calculator is use_calculator
 
 
