@@ -72,6 +72,13 @@ def test_hostile_or_unsupported_input_returns_none_quickly(expr):
     assert time.perf_counter() - t0 < 0.5
 
 
+@pytest.mark.parametrize("expr", ["2**3", "3 % 2", "1 < 2", "x", "[1]", "'ab'.replace('a', 'b')", "'a'.__len__()"])
+def test_the_evaluator_refuses_what_is_off_its_allow_list(expr):
+    # the second line of defence: these must fail in safe_eval itself, whatever use_calculator's text filters pass
+    with pytest.raises(CalculatorError, match="not allowed|only string methods"):
+        safe_eval(expr)
+
+
 def test_bounds_reject_with_a_reason():
     with pytest.raises(CalculatorError, match="too large"):
         safe_eval("99999999999999999999" + "*99999999999999999999" * 6)

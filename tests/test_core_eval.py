@@ -102,6 +102,12 @@ def test_fewshot_examples_are_deterministic_and_exclude_the_item(byte_tokenizer)
     evaluate_example(2, model, byte_tokenizer, data, "cpu", meta("language_modeling", shots=3))
     evaluate_example(2, model, byte_tokenizer, data, "cpu", meta("language_modeling", shots=3))
     assert seen[0] == seen[1] and seen[0].count("\n\n") == 3 and "c2 2\n\n" not in seen[0]
+    # asking for all 5 other items as shots: each item's prompt holds exactly the others, never itself
+    for idx in range(6):
+        seen.clear()
+        evaluate_example(idx, model, byte_tokenizer, data, "cpu", meta("language_modeling", shots=5))
+        shots = seen[0].removeprefix("<|bos|>").split("\n\n")[:-1]
+        assert sorted(shots) == [f"c{j} {j}" for j in range(6) if j != idx], (idx, seen[0])
 
 
 def test_left_crop_for_models_with_a_context_limit(byte_tokenizer):
