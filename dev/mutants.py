@@ -71,11 +71,11 @@ MUTANTS = [
     Mutant("calculator-allow-list", "nanochat/calculator.py",
            "ast.FloorDiv: operator.floordiv}", "ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}",
            ("tests/test_calculator.py",)),
-    Mutant("sandbox-unshare-all", "nanochat/execution.py",
-           '"--unshare-all", ', "",
+    Mutant("sandbox-bwrap-network", "nanochat/execution.py",
+           '"--unshare-net", ', "",
            ("tests/test_execution.py",)),
-    Mutant("sandbox-read-only-root", "nanochat/execution.py",
-           '["bwrap", "--ro-bind", "/", "/",', '["bwrap", "--bind", "/", "/",',
+    Mutant("sandbox-unshare-network", "nanochat/execution.py",
+           '"--mount", "--net", "--pid",', '"--mount", "--pid",',
            ("tests/test_execution.py",)),
 ]
 
