@@ -1,7 +1,6 @@
 """scripts.tok_train and scripts.tok_eval end to end, as a user runs them, on text from the data pack."""
 
 import gzip
-import json
 import os
 
 import torch
