@@ -164,7 +164,8 @@ def load_hf_model(hf_path, device):
     model = AutoModelForCausalLM.from_pretrained(hf_path)
     model.to(device)
     model.eval()
-    max_seq_len = 1024 if "openai-community/gpt2" in hf_path else None
+    # longer prompts are left-cropped to the model's context (GPT-2: 1024); past it, positions do not exist
+    max_seq_len = getattr(model.config, "max_position_embeddings", None)
     return ModelWrapper(model, max_seq_len=max_seq_len), HuggingFaceTokenizer.from_pretrained(hf_path)
 
 

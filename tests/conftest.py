@@ -4,6 +4,31 @@ import os
 
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEEDS_PACK = "needs the data pack"
+
+
+def find_pack_beside_repo(repo=REPO):
+    """A data pack in a `shared/data` folder next to the checkout or one of its parents, or None.
+
+    Checkouts often sit as `<root>/main` or `<root>/wt/<name>` with the pack in `<root>/shared/data`."""
+    folder = os.path.dirname(repo)
+    while True:
+        candidate = os.path.join(folder, "shared", "data")
+        if os.path.isfile(os.path.join(candidate, "README.md")) and os.path.isdir(os.path.join(candidate, "corpus")):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+# Default the pack before any test (or the product code it runs, subprocesses included) reads it.
+if not os.environ.get("NANOCHAT_DATA_PACK"):
+    _found = find_pack_beside_repo()
+    if _found:
+        os.environ["NANOCHAT_DATA_PACK"] = _found
+
 
 def data_pack_dir():
     """The data pack from $NANOCHAT_DATA_PACK, or None when it is not configured/present."""
@@ -13,11 +38,15 @@ def data_pack_dir():
     return None
 
 
+def skip_without_pack():
+    pytest.skip(f"{NEEDS_PACK}: set NANOCHAT_DATA_PACK to its folder")
+
+
 @pytest.fixture
 def data_pack():
     pack = data_pack_dir()
     if pack is None:
-        pytest.skip("needs the data pack: set NANOCHAT_DATA_PACK to its folder")
+        skip_without_pack()
     return pack
 
 
@@ -39,3 +68,18 @@ def byte_tokenizer():
     specials = {name: 256 + i for i, name in enumerate(SPECIAL_TOKENS)}
     enc = tiktoken.Encoding(name="bytes", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
     return RustBPETokenizer(enc, "<|bos|>")
+
+
+def pytest_report_header(config):
+    pack = data_pack_dir()
+    return f"data pack: {pack}" if pack else "data pack: none (tests that need it will skip)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say plainly how many tests skipped for want of the data pack, so a run without it is not taken for full."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    without_pack = [r for r in skipped if NEEDS_PACK in str(r.longrepr)]
+    if without_pack:
+        terminalreporter.write_line(
+            f"{len(without_pack)} test(s) skipped for want of the data pack: set NANOCHAT_DATA_PACK "
+            "to its folder (or place it in a shared/data folder beside the checkout)", yellow=True)

@@ -3,6 +3,8 @@ CSV, report."""
 
 import json
 import os
+import random
+import re
 from dataclasses import asdict
 
 import pytest
@@ -103,10 +105,34 @@ def test_evaluate_model_skips_missing_files_and_counts_malformed_rows(base_dir, 
     assert core_label(22, []) == "CORE"
 
 
-def test_max_per_task_crops(base_dir, byte_tokenizer):
+class Recorder:
+    """Wraps a model and keeps the text of every row it is asked to score."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer, self.texts = model, tokenizer, []
+
+    def __call__(self, input_ids):
+        self.texts.extend(self.tokenizer.decode(row.tolist()) for row in input_ids)
+        return self.model(input_ids)
+
+
+def copa_queries_scored(texts):
+    return {q for text in texts for q in re.findall(r"Q\d", text)}
+
+
+def test_max_per_task_crops_to_the_first_items_of_the_seeded_shuffle(base_dir, byte_tokenizer):
     make_bundle(base_dir)
-    out = evaluate_model(tiny_model(), byte_tokenizer, "cpu", max_per_task=2)
-    assert out["results"]["copa"] in (0.0, 0.5, 1.0)
+    everything = Recorder(tiny_model(), byte_tokenizer)
+    evaluate_model(everything, byte_tokenizer, "cpu", max_per_task=-1)
+    assert copa_queries_scored(everything.texts) == {f"Q{i}" for i in range(6)}
+
+    cropped = Recorder(tiny_model(), byte_tokenizer)
+    evaluate_model(cropped, byte_tokenizer, "cpu", max_per_task=2)
+    copa = [{"query": f"Q{i}"} for i in range(6)]  # the well-formed copa rows, in file order
+    random.Random(1337).shuffle(copa)
+    assert copa_queries_scored(cropped.texts) == {copa[0]["query"], copa[1]["query"]}
+    lambada = {m for t in cropped.texts for m in re.findall(r"the number \d", t)}
+    assert len(lambada) == 2  # every task is cropped, not only the first
 
 
 def test_data_pack_bundle_is_read_in_place(data_pack, base_dir):
@@ -145,6 +171,19 @@ def test_hf_model_wrapper_crops_to_its_context(byte_tokenizer):
     config = transformers.GPT2Config(vocab_size=265, n_positions=16, n_embd=16, n_layer=1, n_head=2)
     hf_model = transformers.GPT2LMHeadModel(config).eval()
     wrapper = ModelWrapper(hf_model, max_seq_len=16)
-    data = [{"query": "a question that is much longer than sixteen bytes", "choices": ["yes", "no"], "gold": 0}]
+    query, choices = "a question that is much longer than sixteen bytes", ["yes", "no"]
+    # by hand: each prompt's last 16 tokens go through the model; the choice's own tokens are scored
+    mean_losses = []
+    for choice in choices:
+        ids = byte_tokenizer.encode(f"{query} {choice}", prepend=byte_tokenizer.get_bos_token_id())[-16:]
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([ids])).logits[0]
+        n = len(choice)
+        losses = torch.nn.functional.cross_entropy(logits[-n - 1:-1], torch.tensor(ids[-n:]), reduction="none")
+        mean_losses.append(losses.mean().item())
+    assert mean_losses[0] != mean_losses[1]
+    preferred = min(range(2), key=mean_losses.__getitem__)
     task_meta = dict(task_type="multiple_choice", num_fewshot=0, continuation_delimiter=" ")
-    assert evaluate_example(0, wrapper, byte_tokenizer, data, "cpu", task_meta) in (True, False)
+    for gold in (0, 1):
+        data = [{"query": query, "choices": choices, "gold": gold}]
+        assert evaluate_example(0, wrapper, byte_tokenizer, data, "cpu", task_meta) is (gold == preferred)

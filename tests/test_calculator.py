@@ -25,6 +25,9 @@ from nanochat.engine import use_calculator as engine_use_calculator
 ])
 def test_allowed_expressions(expr, expected):
     assert use_calculator(expr) == expected
+
+
+def test_engine_uses_the_same_calculator():
     assert engine_use_calculator is use_calculator
 
 
@@ -67,6 +70,13 @@ def test_hostile_or_unsupported_input_returns_none_quickly(expr):
     t0 = time.perf_counter()
     assert use_calculator(expr) is None
     assert time.perf_counter() - t0 < 0.5
+
+
+@pytest.mark.parametrize("expr", ["2**3", "3 % 2", "1 < 2", "x", "[1]", "'ab'.replace('a', 'b')", "'a'.__len__()"])
+def test_the_evaluator_refuses_what_is_off_its_allow_list(expr):
+    # the second line of defence: these must fail in safe_eval itself, whatever use_calculator's text filters pass
+    with pytest.raises(CalculatorError, match="not allowed|only string methods"):
+        safe_eval(expr)
 
 
 def test_bounds_reject_with_a_reason():

@@ -86,3 +86,7 @@ def test_pass_at_k_counts_any_correct_among_first_k():
                {"outcomes": [{"is_correct": False}, {"is_correct": False}]}]
     result = pass_at_k(records, 2, "cpu")
     assert abs(result["pass@1"] - 1 / 3) < 1e-6 and abs(result["pass@2"] - 2 / 3) < 1e-6
+    # a correct answer only in the third sample counts from pass@3 on, and never twice
+    late = [{"outcomes": [{"is_correct": False}, {"is_correct": False}, {"is_correct": True}]},
+            {"outcomes": [{"is_correct": True}, {"is_correct": True}, {"is_correct": True}]}]
+    assert pass_at_k(late, 3, "cpu") == {"pass@1": 0.5, "pass@2": 0.5, "pass@3": 1.0}

@@ -1,6 +1,7 @@
 """Base dir, data pack resolution, rank-aware helpers and the locked download."""
 
 import os
+import socket
 import time
 
 import pytest
@@ -75,3 +76,15 @@ def test_compute_init_cpu(monkeypatch):
     assert (ddp, rank, local_rank, world_size, device.type) == (False, 0, 0, 1, "cpu")
     with pytest.raises(AssertionError):
         common.compute_init("tpu")
+
+
+def test_host_reachable_gives_up_on_a_silent_host():
+    from silent_host import silent_host
+    with silent_host() as url:
+        start = time.time()
+        assert common.host_reachable(url, timeout=1.0) is False
+        assert time.time() - start < 3
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        assert common.host_reachable(f"http://127.0.0.1:{listening.getsockname()[1]}") is True

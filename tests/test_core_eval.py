@@ -1,5 +1,7 @@
 """CORE scoring on a fake model whose preferences are known, so the right choice is computed by hand."""
 
+import math
+
 import pytest
 import torch
 
@@ -50,10 +52,12 @@ def test_common_lengths_and_stacking():
 
 def test_forward_model_losses_and_predictions():
     model = NextTokenTable({ord("a"): ord("b")})
-    ids = torch.tensor([[ord("a"), ord("b")]])
+    ids = torch.tensor([[ord("a"), ord("b"), ord("c")]])
     losses, preds = forward_model(model, ids)
-    assert preds[0, 0].item() == ord("b") and torch.isnan(losses[0, -1])
-    assert losses[0, 0].item() < 0.1 < losses[0, 1].item() or torch.isnan(losses[0, 1])  # 'b' after 'a' was expected
+    assert preds[0, 0].item() == ord("b")
+    assert losses[0, 0].item() < 0.1  # 'b' after 'a' was expected
+    assert losses[0, 1].item() == pytest.approx(math.log(VOCAB))  # nothing is expected after 'b': uniform
+    assert torch.isnan(losses[0, 2])  # the last position has no next token
 
 
 def test_multiple_choice_picks_the_choice_the_model_prefers(byte_tokenizer):
@@ -98,13 +102,28 @@ def test_fewshot_examples_are_deterministic_and_exclude_the_item(byte_tokenizer)
     evaluate_example(2, model, byte_tokenizer, data, "cpu", meta("language_modeling", shots=3))
     evaluate_example(2, model, byte_tokenizer, data, "cpu", meta("language_modeling", shots=3))
     assert seen[0] == seen[1] and seen[0].count("\n\n") == 3 and "c2 2\n\n" not in seen[0]
+    # asking for all 5 other items as shots: each item's prompt holds exactly the others, never itself
+    for idx in range(6):
+        seen.clear()
+        evaluate_example(idx, model, byte_tokenizer, data, "cpu", meta("language_modeling", shots=5))
+        shots = seen[0].removeprefix("<|bos|>").split("\n\n")[:-1]
+        assert sorted(shots) == [f"c{j} {j}" for j in range(6) if j != idx], (idx, seen[0])
 
 
 def test_left_crop_for_models_with_a_context_limit(byte_tokenizer):
-    model = NextTokenTable({ord(" "): ord("b")})
-    model.max_seq_len = 4
+    seen = []
+
+    class FourTokenModel(NextTokenTable):
+        max_seq_len = 4
+
+        def __call__(self, input_ids):
+            seen.extend(byte_tokenizer.decode(row.tolist()) for row in input_ids)
+            return super().__call__(input_ids)
+
+    model = FourTokenModel({ord(" "): ord("b")})
     data = [{"query": "a long question", "choices": ["a", "b"], "gold": 1}]
     assert evaluate_example(0, model, byte_tokenizer, data, "cpu", meta("multiple_choice")) is True
+    assert seen == ["on a", "on b"]  # the last 4 tokens of each prompt: the choice is kept, the start dropped
 
 
 def test_malformed_items_are_counted_not_fatal(byte_tokenizer):

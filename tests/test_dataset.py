@@ -339,11 +339,16 @@ def test_download_cli_with_manifest(base_dir, shard_bytes, tmp_path, capsys, mon
     files = {dataset.index_to_filename(i): shard_bytes + bytes([i]) for i in range(3)}
     manifest = tmp_path / "sha.txt"
     manifest.write_text("".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in files.items()))
+    corrupted = dataset.index_to_filename(1)
     with ShardServer(files, dataset.get_data_dir()) as server:
+        server.faults[corrupted] = ["corrupt"]  # the first copy served is wrong: only its digest can tell
         rc = dataset.main(["-n", "3", "-w", "2", "--base-url", server.url, "--sha256-manifest", str(manifest)])
+        assert server.requests.count(corrupted) == 2
     assert rc == 0
     assert "downloaded 3/3" in capsys.readouterr().out
-    assert len(dataset.list_parquet_files()) == 3
+    paths = dataset.list_parquet_files()
+    assert [open(p, "rb").read() for p in paths] == [files[os.path.basename(p)] for p in paths]
+    assert len(paths) == 3
 
 
 def test_download_unreachable_fails_fast_with_help(base_dir, capsys, monkeypatch):

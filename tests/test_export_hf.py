@@ -62,16 +62,12 @@ class NoSpecialTokens:
 
 
 def our_greedy(model, prompt, n):
-    """Greedy tokens from our stack: naive GPT.generate, and the KV-cached Engine when it exists."""
-    results = {"GPT.generate": list(model.generate(prompt, n, temperature=0.0))}
-    try:
-        from nanochat.engine import Engine
-    except ImportError:
-        return results
+    """Greedy tokens from our stack: naive GPT.generate and the KV-cached Engine."""
+    from nanochat.engine import Engine
     engine = Engine(model, NoSpecialTokens())
     steps = engine.generate(prompt, num_samples=1, max_tokens=n, temperature=0.0)
-    results["Engine.generate"] = [column[0] for column, _ in steps]
-    return results
+    return {"GPT.generate": list(model.generate(prompt, n, temperature=0.0)),
+            "Engine.generate": [column[0] for column, _ in steps]}
 
 
 def load_hf(path):
@@ -261,16 +257,9 @@ def test_chat_template_with_trained_tokenizer(pack_encoding, tmp_path):
 
 def save_our_checkpoint(base_dir, model, source_dir="chatsft_checkpoints", tag="d2", step=7):
     checkpoint_dir = os.path.join(base_dir, source_dir, tag)
+    from nanochat.checkpoint_manager import save_checkpoint
     meta = {"step": step, "val_loss": 1.25, "model_config": dict(model.config.__dict__)}
-    try:
-        from nanochat.checkpoint_manager import save_checkpoint
-    except ImportError:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        torch.save(model.state_dict(), os.path.join(checkpoint_dir, f"model_{step:06d}.pt"))
-        with open(os.path.join(checkpoint_dir, f"meta_{step:06d}.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-    else:
-        save_checkpoint(checkpoint_dir, step, model.state_dict(), None, meta)
+    save_checkpoint(checkpoint_dir, step, model.state_dict(), None, meta)
     return checkpoint_dir
 
 

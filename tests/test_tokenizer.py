@@ -145,9 +145,13 @@ def test_render_conversation_system_message_and_multi_turn(byte_tokenizer):
 
 
 def test_render_conversation_truncates(byte_tokenizer):
-    conversation = {"messages": [{"role": "user", "content": "x" * 100}, {"role": "assistant", "content": "y"}]}
-    ids, mask = byte_tokenizer.render_conversation(conversation, max_tokens=10)
-    assert len(ids) == len(mask) == 10
+    # the cut falls inside the assistant's reply: the kept tokens are the conversation's first ones, mask and all
+    conversation = {"messages": [{"role": "user", "content": "x" * 5}, {"role": "assistant", "content": "y" * 50}]}
+    full_ids, full_mask = byte_tokenizer.render_conversation(conversation, max_tokens=1000)
+    ids, mask = byte_tokenizer.render_conversation(conversation, max_tokens=20)
+    assert (ids, mask) == (full_ids[:20], full_mask[:20])
+    assert len(full_ids) > 20 and 0 in mask and 1 in mask
+    assert byte_tokenizer.decode(ids) == "<|bos|><|user_start|>xxxxx<|user_end|><|assistant_start|>" + "y" * 11
 
 
 @pytest.mark.parametrize("messages, match", [
