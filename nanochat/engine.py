@@ -26,6 +26,8 @@ class KVCache:
     allocated on first insert (taking the dtype/device of the keys) and grown along time on demand.
     """
 
+    attn_mask = None  # every row has the same length: attention needs no mask
+
     def __init__(self, batch_size, num_heads, seq_len, head_dim, num_layers):
         self.kv_shape = (num_layers, 2, batch_size, num_heads, seq_len, head_dim)
         self.kv_cache = None
@@ -73,6 +75,85 @@ class KVCache:
         if layer_idx == self.kv_cache.size(0) - 1:
             self.pos = t1  # every layer has written this chunk
         return keys, values
+
+
+class RowKVCache:
+    """
+    The cache of a continuously batched decode: (layers, 2, rows, heads, max_len, head_dim),
+    allocated once, where every row holds its own sequence at its own length. A forward pass runs
+    one new token for each of the first `num_active` rows (the serving loop keeps its live rows
+    packed at the front, so a step needs no gather): the token goes in at its row's length, its
+    rotary position is that length, and `attn_mask` lets it see its own row's filled slots only.
+    """
+
+    def __init__(self, rows, num_heads, max_len, head_dim, num_layers, dtype, device):
+        self.kv = torch.zeros((num_layers, 2, rows, num_heads, max_len, head_dim), dtype=dtype, device=device)
+        self.lengths = [0] * rows  # on the host: the serving loop reads them every step
+        self.num_active = 0
+        self.attn_mask = None
+
+    @property
+    def max_len(self):
+        return self.kv.size(4)
+
+    def get_pos(self):
+        """Where each active row's new token goes; also prepares the mask for this forward pass."""
+        n = self.num_active
+        device = self.kv.device
+        self.positions = torch.tensor(self.lengths[:n], dtype=torch.long, device=device)
+        # keys only up to the longest active row: short batches do not pay for max_len
+        self.span = max(self.lengths[:n]) + 1
+        visible = torch.arange(self.span, device=device)[None, :] <= self.positions[:, None]
+        self.attn_mask = visible[:, None, None, :]  # (rows, heads, queries, keys), broadcast
+        return self.positions
+
+    def insert_kv(self, layer_idx, k, v):
+        """k, v: (num_active, H, 1, D). Write each row's token at its length; return the keys/values to attend."""
+        n = self.num_active
+        rows = torch.arange(n, device=k.device)
+        self.kv[layer_idx, 0][rows, :, self.positions] = k[:, :, 0]
+        self.kv[layer_idx, 1][rows, :, self.positions] = v[:, :, 0]
+        if layer_idx == self.kv.size(0) - 1:
+            for row in range(n):
+                self.lengths[row] += 1
+            self.attn_mask = None
+        return self.kv[layer_idx, 0, :n, :, :self.span], self.kv[layer_idx, 1, :n, :, :self.span]
+
+    def load_row(self, row, prefilled):
+        """Copy a batch-1 KVCache (a prompt's prefill) into `row`."""
+        length = prefilled.get_pos()
+        self.kv[:, :, row, :, :length] = prefilled.kv_cache[:, :, 0, :, :length]
+        self.lengths[row] = length
+
+    def move_row(self, source, target):
+        """Copy row `source` over row `target` (packing live rows after one has left)."""
+        length = self.lengths[source]
+        self.kv[:, :, target, :, :length] = self.kv[:, :, source, :, :length]
+        self.lengths[target] = length
+
+
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy: dividing by them overflows
+
+
+def sample_rows(logits, temperature, top_k, top_p, uniform):
+    """
+    One token per row of `logits` (n, V), each row with its own settings: temperature, top_p and
+    uniform (n,) floats, top_k (n,) ints (V = no limit). A row draws with its own uniform number
+    (inverse CDF), so its choice depends only on its own generator, whatever else is in the batch.
+    """
+    greedy = logits.argmax(dim=-1)
+    k = int(top_k.max())
+    values, indices = logits.topk(k, dim=-1) if k < logits.size(-1) else logits.sort(dim=-1, descending=True)
+    values = values / temperature.clamp_min(GREEDY_BELOW)[:, None]
+    values = values.masked_fill(torch.arange(k, device=logits.device)[None, :] >= top_k[:, None], float("-inf"))
+    probs = F.softmax(values, dim=-1)
+    # top_p: drop a token once the tokens ranked above it already hold top_p of the mass
+    cumulative = probs.cumsum(dim=-1)
+    probs = probs.masked_fill(cumulative - probs >= top_p[:, None], 0.0)
+    cumulative = probs.cumsum(dim=-1)
+    choice = (cumulative < uniform[:, None] * cumulative[:, -1:]).sum(dim=-1).clamp_max(k - 1)
+    sampled = indices.gather(1, choice[:, None])[:, 0]
+    return torch.where(temperature < GREEDY_BELOW, greedy, sampled)
 
 
 @torch.inference_mode()

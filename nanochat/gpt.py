@@ -102,7 +102,10 @@ class CausalSelfAttention(nn.Module):
         Tq, Tk = q.size(2), k.size(2)
 
         enable_gqa = self.n_head != self.n_kv_head
-        if kv_cache is None or Tq == Tk:
+        if kv_cache is not None and kv_cache.attn_mask is not None:
+            # rows of different lengths (continuous batching): the cache says what each row may see
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv_cache.attn_mask, enable_gqa=enable_gqa)
+        elif kv_cache is None or Tq == Tk:
             # training, or prefill into an empty cache: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=enable_gqa)
         elif Tq == 1:
@@ -245,7 +248,10 @@ class GPT(nn.Module):
         assert T <= self.cos.size(1), f"sequence length {T} exceeds the rotary cache {self.cos.size(1)}"
         assert idx.device == self.cos.device, f"tokens on {idx.device}, rotary tables on {self.cos.device}"
         T0 = 0 if kv_cache is None else kv_cache.get_pos()
-        cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]
+        if isinstance(T0, int):
+            cos_sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]
+        else:  # a RowKVCache: one new token per row, each row at its own position
+            cos_sin = self.cos[0, T0].unsqueeze(1), self.sin[0, T0].unsqueeze(1)
 
         x = self.transformer.wte(idx)
         x = norm(x)

@@ -6,7 +6,7 @@ Each reply runs in its own thread on one worker (a model replica: one per GPU, o
 sharing the model on CPU). The thread owns the worker until generation has really stopped and
 then hands it back, so a client that goes away mid-stream frees its worker after at most one
 more forward step, and a worker is never used by two replies at once. The web layer
-(scripts/chat_web.py, scripts/openai_api.py) only validates, formats and streams.
+(scripts/chat_web.py, nanochat/openai_api.py) only validates, formats and streams.
 """
 
 import asyncio

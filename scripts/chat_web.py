@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanochat.serving import (RequestError, WorkerPool, check_messages, check_sampling,
                               describe_validation_errors, render_prompt)
-from scripts.openai_api import openai_error, router as openai_router
+from nanochat.openai_api import openai_error, router as openai_router
 
 logger = logging.getLogger("nanochat.chat_web")
 

@@ -318,7 +318,7 @@ def test_validation_error_descriptions():
 
 def test_render_prompt_and_system_folding(byte_tokenizer):
     from nanochat.serving import render_prompt
-    from scripts.openai_api import fold_system_messages
+    from nanochat.openai_api import fold_system_messages
     tok = byte_tokenizer
     special = tok.encode_special
     tokens = render_prompt(tok, [("user", "a"), ("assistant", "b"), ("user", "c")])
