@@ -161,7 +161,7 @@ def sample_next_token(logits, rng, temperature=1.0, top_k=None):
     """One token per row of `logits` (B, V) -> (B, 1). temperature 0 is greedy; top_k None/0 = off."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:
         return torch.argmax(logits, dim=-1, keepdim=True)
     if top_k is not None and top_k > 0:
         k = min(top_k, logits.size(-1))

@@ -122,7 +122,7 @@ def prepare(body, request):
     messages = fold_system_messages(messages)
     max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    check_sampling(body.temperature, body.top_k, max_tokens, max_tokens_param=max_param)
+    check_sampling(body.temperature, body.top_k, max_tokens, max_tokens_param=max_param, seed=body.seed)
     pool, settings = request.app.state.worker_pool, request.app.state.settings
     tokens = render_prompt(pool.tokenizer, messages)
     if len(tokens) >= pool.max_context:

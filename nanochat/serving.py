@@ -50,8 +50,13 @@ def load_chat_model(source, device, model_tag=None, step=None):
 # -----------------------------------------------------------------------------
 # validation and prompts
 
-def check_sampling(temperature=None, top_k=None, max_tokens=None, max_tokens_param="max_tokens"):
+SEED_RANGE = (-2**63, 2**63 - 1)  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+def check_sampling(temperature=None, top_k=None, max_tokens=None, max_tokens_param="max_tokens", seed=None):
     """Raise RequestError when a given sampling setting is outside the server's limits."""
+    if seed is not None and not (SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise RequestError(f"seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}", "seed")
     if temperature is not None and not (MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
         raise RequestError(f"temperature must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE}, got {temperature}",
                            "temperature")

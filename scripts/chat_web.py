@@ -51,12 +51,13 @@ class ChatRequest(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = None
     top_k: int | None = None
+    seed: int | None = None
 
 
 def validate_chat_request(request):
     """Raise RequestError (-> HTTP 400) when the UI request is outside the server's limits."""
     check_messages([(m.role, m.content) for m in request.messages])
-    check_sampling(request.temperature, request.top_k, request.max_tokens)
+    check_sampling(request.temperature, request.top_k, request.max_tokens, seed=request.seed)
 
 
 def sse(payload):

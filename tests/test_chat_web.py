@@ -362,3 +362,25 @@ def test_worker_pool_loads_a_checkpoint_for_two_cpu_workers(base_dir, byte_token
 def render_prompt_for(pool, text):
     from nanochat.serving import render_prompt
     return render_prompt(pool.tokenizer, [("user", text)])
+
+
+def test_tiny_temperature_is_greedy_and_out_of_range_seed_is_400(server):
+    base_url, _, _ = server
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for temperature in (1e-40, 5e-324):
+            for path in ("/chat/completions", "/v1/chat/completions"):
+                body = {"messages": [{"role": "user", "content": "hi"}], "temperature": temperature,
+                        "max_tokens": 4}
+                if path.startswith("/v1/"):
+                    body["model"] = "nanochat"
+                response = client.post(path, json=body)
+                assert response.status_code == 200, (path, temperature, response.text)
+        for seed in (2**64, -2**63 - 1, 10**30):
+            for path in ("/chat/completions", "/v1/chat/completions"):
+                body = {"messages": [{"role": "user", "content": "hi"}], "seed": seed, "max_tokens": 4}
+                if path.startswith("/v1/"):
+                    body["model"] = "nanochat"
+                response = client.post(path, json=body)
+                assert response.status_code == 400, (path, seed, response.text)
+                assert "-9223372036854775808" in response.text and "9223372036854775807" in response.text
+    wait_all_workers_free(base_url)
