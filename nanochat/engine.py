@@ -116,7 +116,7 @@ class RowKVCache:
         if layer_idx == self.kv.size(0) - 1:
             for row in range(n):
                 self.lengths[row] += 1
-            self.attn_mask = None
+            # the mask stays: attention reads it after this call, and get_pos rebuilds it each step
         return self.kv[layer_idx, 0, :n, :, :self.span], self.kv[layer_idx, 1, :n, :, :self.span]
 
     def load_row(self, row, prefilled):
