@@ -16,6 +16,7 @@ Requests beyond the number of workers wait for one to be free.
 import argparse
 import json
 import logging
+import math
 import os
 import random
 from contextlib import asynccontextmanager
@@ -202,11 +203,22 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_gpus < 1:
         parser.error("--num-gpus must be >= 1")
-    try:  # the server's defaults obey the same limits as requests
-        check_sampling(args.temperature, args.top_k, args.max_tokens)
-    except RequestError as e:
-        parser.error(e.message.replace("top_k", "--top-k").replace("max_tokens", "--max-tokens"))
+    # The server's own defaults may be anything the engine can sample with; the per-request limits
+    # (check_sampling) apply to the fields a request sends.
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        parser.error(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.max_tokens < 1:
+        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
     return args
+
+
+def settings_from_args(args, device_type):
+    """What create_app needs to know from the command line."""
+    return SimpleNamespace(
+        source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
+        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype)
 
 
 def main(argv=None):
@@ -224,10 +236,7 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as e:
         print(f"chat_web: {e}", file=sys.stderr)
         sys.exit(1)
-    settings = SimpleNamespace(
-        source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
-        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype)
-    app = create_app(worker_pool=pool, settings=settings)
+    app = create_app(worker_pool=pool, settings=settings_from_args(args, device_type))
     print(f"Starting the nanochat server at http://{args.host}:{args.port}")
     uvicorn.run(app, host=args.host, port=args.port)
 

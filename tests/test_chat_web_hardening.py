@@ -1,0 +1,89 @@
+"""
+The chat server under hostile or unusual use: start-up defaults beyond the per-request limits,
+chunked bodies, forged log lines, internal errors, CORS and the optional API key. Each test talks
+to the app as a client does (HTTP through uvicorn on 127.0.0.1, or the ASGI app in-process).
+"""
+
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+
+import httpx
+import pytest
+import torch
+
+from nanochat.gpt import config_for_depth
+from test_chat_web import TestGPT, _byte_tokenizer, free_port
+
+
+def tiny_pool(tokenizer, model_class=TestGPT, max_seq_len=16):
+    """A one-worker pool around a random d2 model whose reply never ends (so it runs to its limit)."""
+    from nanochat.engine import Engine
+    from nanochat.serving import Worker, WorkerPool
+    torch.manual_seed(0)
+    model = model_class(config_for_depth(2, max_seq_len, tokenizer.get_vocab_size()))
+    model.init_weights()
+    model.eval()
+    model.banned = (tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id())
+    engine = Engine(model, tokenizer)
+    return WorkerPool(workers=[Worker(0, torch.device("cpu"), engine, tokenizer, nullcontext())])
+
+
+@contextmanager
+def running_server(app):
+    """Base URL of `app` served by a real uvicorn on 127.0.0.1 in a background thread."""
+    import uvicorn
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def hi(**extra):
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+# -----------------------------------------------------------------------------
+# start-up defaults
+
+def test_server_defaults_beyond_request_limits_start_and_apply():
+    from scripts.chat_web import create_app, parse_args, settings_from_args
+    args = parse_args(["-m", "8000", "-t", "2.5", "-k", "500"])
+    assert (args.max_tokens, args.temperature, args.top_k) == (8000, 2.5, 500)
+    pool = tiny_pool(_byte_tokenizer())
+    seen = []
+    real_reply = pool.reply
+
+    def spy_reply(tokens, **sampling):  # what the endpoint asks the pool for
+        seen.append(sampling)
+        return real_reply(tokens, **sampling)
+
+    pool.reply = spy_reply
+    app = create_app(worker_pool=pool, settings=settings_from_args(args, "cpu"))
+    with running_server(app) as (host, port):
+        response = httpx.post(f"http://{host}:{port}/v1/chat/completions", json=hi(), timeout=60)
+        assert response.status_code == 200, response.text
+        # the model's position limit (10 x 16) ends the reply long before 8000 tokens
+        assert response.json()["choices"][0]["finish_reason"] == "length"
+        refused = httpx.post(f"http://{host}:{port}/v1/chat/completions", json=hi(max_tokens=8000), timeout=60)
+        assert refused.status_code == 400 and "max_tokens" in refused.text  # requests keep their limits
+    assert seen[0]["max_tokens"] == 8000 and seen[0]["temperature"] == 2.5 and seen[0]["top_k"] == 500
+
+
+@pytest.mark.parametrize("argv", [["-t", "-1"], ["-t", "nan"], ["-k", "0"], ["-m", "0"]])
+def test_server_defaults_the_engine_cannot_use_are_refused(argv, capsys):
+    from scripts.chat_web import parse_args
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert any(flag in err for flag in ("--temperature", "--top-k", "--max-tokens")), err
