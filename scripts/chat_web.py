@@ -79,21 +79,43 @@ async def generate_stream(pool, tokens, temperature, max_new_tokens, top_k, requ
     yield sse({"done": True})
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, size):
+        super().__init__(413, f"request body is too large ({size} bytes or more, at most {MAX_BODY_BYTES})")
+
+
 class BodySizeLimit:
-    """Refuse bodies announced larger than MAX_BODY_BYTES before reading them."""
+    """Refuse bodies larger than MAX_BODY_BYTES: at once when Content-Length says so, and otherwise
+    (a chunked body) as soon as the bytes received pass the limit, without reading the rest."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers", [])).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                message = f"request body is too large ({int(length)} bytes, at most {MAX_BODY_BYTES})"
-                response = (openai_error(413, message, code="request_too_large")
-                            if scope["path"].startswith("/v1/") else JSONResponse({"detail": message}, 413))
-                return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return await self.refuse(scope, receive, send, BodyTooLarge(int(length)))
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    # FastAPI re-raises HTTPExceptions met while reading the body; the app's handler answers
+                    raise BodyTooLarge(received)
+            return message
+
+        return await self.app(scope, counting_receive, send)
+
+    async def refuse(self, scope, receive, send, error):
+        response = (openai_error(error.status_code, error.detail, code="request_too_large")
+                    if scope["path"].startswith("/v1/") else JSONResponse({"detail": error.detail}, error.status_code))
+        response.headers["connection"] = "close"
+        return await response(scope, receive, send)
 
 
 def create_app(worker_pool=None, settings=None):
@@ -183,7 +205,11 @@ def _add_error_handlers(app):
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request, exc):
-        return refuse(request, exc.status_code, str(exc.detail))
+        if not isinstance(exc, BodyTooLarge):
+            return refuse(request, exc.status_code, str(exc.detail))
+        response = refuse(request, exc.status_code, str(exc.detail), code="request_too_large")
+        response.headers["connection"] = "close"  # the rest of the body is never read
+        return response
 
 
 def parse_args(argv=None):

@@ -4,6 +4,7 @@ chunked bodies, forged log lines, internal errors, CORS and the optional API key
 to the app as a client does (HTTP through uvicorn on 127.0.0.1, or the ASGI app in-process).
 """
 
+import socket
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -87,3 +88,42 @@ def test_server_defaults_the_engine_cannot_use_are_refused(argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert any(flag in err for flag in ("--temperature", "--top-k", "--max-tokens")), err
+
+
+# -----------------------------------------------------------------------------
+# body size
+
+def send_chunked(host, port, path, total_bytes, chunk_bytes=64 << 10):
+    """Send a chunked POST of `total_bytes` (as far as the server lets us) and return the reply's bytes."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b'{"messages": [{"role": "user", "content": "' + b"x" * chunk_bytes
+        sent = 0
+        try:
+            while sent < total_bytes:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += len(chunk)
+                chunk = b"x" * chunk_bytes
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending
+        reply = b""
+        try:
+            while data := sock.recv(65536):
+                reply += data
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return reply
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/v1/chat/completions"])
+def test_chunked_body_over_the_limit_is_refused_while_it_arrives(path):
+    from scripts.chat_web import MAX_BODY_BYTES, create_app
+    app = create_app(worker_pool=tiny_pool(_byte_tokenizer()))
+    with running_server(app) as (host, port):
+        reply = send_chunked(host, port, path, 3 << 20)
+        status_line = reply.split(b"\r\n", 1)[0]
+        assert status_line == b"HTTP/1.1 413 Request Entity Too Large", reply[:300]
+        assert f"at most {MAX_BODY_BYTES}".encode() in reply
+        assert httpx.get(f"http://{host}:{port}/health", timeout=10).json()["status"] == "ok"
