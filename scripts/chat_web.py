@@ -158,7 +158,7 @@ def create_app(worker_pool=None, settings=None):
         validate_chat_request(body)
         pool = request.app.state.worker_pool
         for m in body.messages:
-            logger.info(f"[{m.role}] {m.content}")
+            logger.info(f"[{m.role}] {m.content!r}")  # escaped: a newline in it cannot start a log line
         tokens = render_prompt(pool.tokenizer, [(m.role, m.content) for m in body.messages])
         if len(tokens) >= pool.max_context:
             raise RequestError(f"conversation is {len(tokens)} tokens; this model handles fewer than "
@@ -202,6 +202,13 @@ def _add_error_handlers(app):
     @app.exception_handler(RequestError)
     async def on_request_error(request, exc):
         return refuse(request, 400, exc.message, exc.param)
+
+    @app.exception_handler(Exception)
+    async def on_internal_error(request, exc):  # the traceback goes to the log (uvicorn), not to the client
+        message = "internal server error; the server log has the details"
+        if request.url.path.startswith("/v1/"):
+            return openai_error(500, message)
+        return JSONResponse({"detail": message}, status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request, exc):

@@ -4,6 +4,7 @@ chunked bodies, forged log lines, internal errors, CORS and the optional API key
 to the app as a client does (HTTP through uvicorn on 127.0.0.1, or the ASGI app in-process).
 """
 
+import logging
 import socket
 import threading
 import time
@@ -127,3 +128,79 @@ def test_chunked_body_over_the_limit_is_refused_while_it_arrives(path):
         assert status_line == b"HTTP/1.1 413 Request Entity Too Large", reply[:300]
         assert f"at most {MAX_BODY_BYTES}".encode() in reply
         assert httpx.get(f"http://{host}:{port}/health", timeout=10).json()["status"] == "ok"
+
+
+# -----------------------------------------------------------------------------
+# logs and internal errors
+
+def test_message_texts_cannot_forge_log_lines(caplog):
+    from scripts.chat_web import create_app
+    caplog.set_level(logging.INFO)
+    app = create_app(worker_pool=tiny_pool(_byte_tokenizer()))
+    forged = "hello\nFAKE LOG LINE: admin logged in\r\nFAKE again"
+    with running_server(app) as (host, port):
+        body = {"messages": [{"role": "user", "content": forged}], "max_tokens": 3}
+        with httpx.stream("POST", f"http://{host}:{port}/chat/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200
+            response.read()
+        response = httpx.post(f"http://{host}:{port}/v1/chat/completions", timeout=30,
+                              json={"model": "m", "messages": [{"role": "user", "content": forged}], "max_tokens": 3})
+        assert response.status_code == 200
+    lines = [line for record in caplog.records for line in record.getMessage().splitlines()]
+    assert any("FAKE LOG LINE" in line for line in lines)  # the text is logged, escaped
+    assert not [line for line in lines if line.lstrip().startswith("FAKE")]
+
+
+class BrokenGPT(TestGPT):
+    """A model whose forward pass fails with a message that must stay in the server's log."""
+
+    __test__ = False
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("SECRET-DETAIL /srv/models/internal_path.pt")
+
+
+def test_internal_errors_answer_500_without_the_exception_text(caplog):
+    from scripts.chat_web import create_app
+    caplog.set_level(logging.INFO)
+    app = create_app(worker_pool=tiny_pool(_byte_tokenizer(), model_class=BrokenGPT))
+    with running_server(app) as (host, port):
+        base = f"http://{host}:{port}"
+        response = httpx.post(f"{base}/v1/chat/completions", json=hi(max_tokens=3), timeout=30)
+        assert response.status_code == 500
+        assert response.json()["error"]["type"] == "server_error" and "SECRET" not in response.text
+        streams = [("/v1/chat/completions", hi(max_tokens=3, stream=True)),
+                   ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})]
+        for path, body in streams:
+            with httpx.stream("POST", base + path, json=body, timeout=30) as response:
+                text = response.read().decode()
+            assert "error" in text and "SECRET" not in text, (path, text)
+        assert httpx.get(f"{base}/health", timeout=10).json()["status"] == "ok"
+    logged = "\n".join(record.getMessage() + "\n" + (record.exc_text or "") for record in caplog.records)
+    tracebacks = [r for r in caplog.records if r.exc_info and "SECRET-DETAIL" in str(r.exc_info[1])]
+    assert tracebacks, logged  # the details are in the server's log
+
+
+class BrokenTokenizer:
+    """A tokenizer that fails while the request is being prepared (before any reply starts)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def encode(self, text):
+        raise KeyError("SECRET-DETAIL vocabulary table")
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/v1/chat/completions"])
+def test_unexpected_errors_before_the_reply_answer_a_generic_500(path):
+    from scripts.chat_web import create_app
+    pool = tiny_pool(_byte_tokenizer())
+    pool.workers[0].tokenizer = BrokenTokenizer(pool.workers[0].tokenizer)
+    with running_server(create_app(worker_pool=pool)) as (host, port):
+        response = httpx.post(f"http://{host}:{port}{path}", json=hi(max_tokens=3), timeout=30)
+    assert response.status_code == 500 and "SECRET" not in response.text
+    message = response.json()["error"]["message"] if path.startswith("/v1/") else response.json()["detail"]
+    assert "server log" in message
