@@ -14,6 +14,7 @@ Requests beyond the number of workers wait for one to be free.
 """
 
 import argparse
+import hmac
 import json
 import logging
 import math
@@ -118,6 +119,27 @@ class BodySizeLimit:
         return await response(scope, receive, send)
 
 
+class ApiKeyGuard:
+    """When the server has an API key, the chat routes (/v1/*, /chat/completions) need
+    `Authorization: Bearer <key>`; the page, its logo and /health stay open."""
+
+    def __init__(self, app, api_key):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        guarded = scope["type"] == "http" and (path.startswith("/v1/") or path == "/chat/completions")
+        if guarded and scope["method"] != "OPTIONS":  # CORS preflights carry no credentials
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                message = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+                response = (openai_error(401, message, code="invalid_api_key") if path.startswith("/v1/")
+                            else JSONResponse({"detail": message}, 401))
+                response.headers["www-authenticate"] = "Bearer"
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(worker_pool=None, settings=None):
     """The FastAPI app. Pass a ready WorkerPool (tests do); otherwise the lifespan loads the model
     that `settings` (see DEFAULTS) names."""
@@ -137,7 +159,12 @@ def create_app(worker_pool=None, settings=None):
     app = FastAPI(lifespan=lifespan, title="nanochat")
     app.state.worker_pool = worker_pool if worker_pool is not None else WorkerPool(getattr(settings, "num_gpus", None))
     app.state.settings = settings
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True,
+    api_key = getattr(settings, "api_key", None)
+    if api_key:
+        app.add_middleware(ApiKeyGuard, api_key=api_key)  # inside CORS, so its 401s carry CORS headers
+    # Any page may call the API, but never with the visitor's cookies or HTTP credentials; the UI is
+    # served from this origin and needs no CORS at all.
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False,
                        allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodySizeLimit)
     app.include_router(openai_router)
@@ -232,7 +259,10 @@ def parse_args(argv=None):
     parser.add_argument("-d", "--dtype", type=str, default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--device-type", type=str, default="", choices=["", "cuda", "cpu", "mps"],
                         help="empty = autodetect")
-    parser.add_argument("--host", type=str, default="0.0.0.0", help="host to bind")
+    parser.add_argument("--host", type=str, default="0.0.0.0", help="host to bind (127.0.0.1: this machine only)")
+    parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY") or None,
+                        help="require 'Authorization: Bearer <key>' on /v1/* and /chat/completions "
+                             "(default: $NANOCHAT_API_KEY; unset = open)")
     args = parser.parse_args(argv)
     if args.num_gpus < 1:
         parser.error("--num-gpus must be >= 1")
@@ -251,7 +281,8 @@ def settings_from_args(args, device_type):
     """What create_app needs to know from the command line."""
     return SimpleNamespace(
         source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
-        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype)
+        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype,
+        api_key=args.api_key)
 
 
 def main(argv=None):

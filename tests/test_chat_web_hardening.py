@@ -204,3 +204,55 @@ def test_unexpected_errors_before_the_reply_answer_a_generic_500(path):
     assert response.status_code == 500 and "SECRET" not in response.text
     message = response.json()["error"]["message"] if path.startswith("/v1/") else response.json()["detail"]
     assert "server log" in message
+
+
+# -----------------------------------------------------------------------------
+# CORS and the API key
+
+def test_foreign_origins_are_not_granted_credentials():
+    from scripts.chat_web import create_app
+    app = create_app(worker_pool=tiny_pool(_byte_tokenizer()))
+    with running_server(app) as (host, port):
+        preflight = httpx.options(f"http://{host}:{port}/v1/chat/completions", timeout=10, headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, authorization"})
+        simple = httpx.get(f"http://{host}:{port}/health", headers={"Origin": "https://evil.example"}, timeout=10)
+    for response in (preflight, simple):
+        assert response.headers.get("access-control-allow-credentials") != "true", response.headers
+        assert response.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_api_key_guards_the_chat_routes_only(monkeypatch):
+    from scripts.chat_web import create_app, parse_args, settings_from_args
+    monkeypatch.setenv("NANOCHAT_API_KEY", "s3cret-key")
+    settings = settings_from_args(parse_args([]), "cpu")
+    app = create_app(worker_pool=tiny_pool(_byte_tokenizer()), settings=settings)
+    ui_body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with running_server(app) as (host, port):
+        base = f"http://{host}:{port}"
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+            response = httpx.post(f"{base}/v1/chat/completions", json=hi(max_tokens=2), headers=headers, timeout=30)
+            assert response.status_code == 401, headers
+            assert response.json()["error"]["code"] == "invalid_api_key"
+            assert httpx.get(f"{base}/v1/models", headers=headers, timeout=30).status_code == 401
+            assert httpx.post(f"{base}/chat/completions", json=ui_body, headers=headers, timeout=30).status_code == 401
+        for path in ("/", "/health", "/logo.svg"):
+            assert httpx.get(base + path, timeout=30).status_code == 200, path
+
+        from openai import AuthenticationError, OpenAI
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
+        client = OpenAI(base_url=f"{base}/v1", api_key="s3cret-key", max_retries=0, timeout=60)
+        completion = client.chat.completions.create(model="m", messages=hi()["messages"], max_tokens=2)
+        assert completion.usage.completion_tokens == 2
+        good = {"Authorization": "Bearer s3cret-key"}
+        assert httpx.post(f"{base}/chat/completions", json=ui_body, headers=good, timeout=30).status_code == 200
+
+
+def test_api_key_flag_wins_over_the_environment(monkeypatch):
+    from scripts.chat_web import parse_args
+    monkeypatch.setenv("NANOCHAT_API_KEY", "from-env")
+    assert parse_args([]).api_key == "from-env"
+    assert parse_args(["--api-key", "from-flag"]).api_key == "from-flag"
+    monkeypatch.delenv("NANOCHAT_API_KEY")
+    assert parse_args([]).api_key is None
