@@ -71,16 +71,19 @@ def demo_pool(num_workers=1, seed=0):
     return WorkerPool(workers=workers)
 
 
-def start_demo_server(timeout=30):
+def start_demo_server(timeout=30, api_key=None):
     """Run the chat server with the demo model in a background thread; returns (url, stop_fn)."""
+    from types import SimpleNamespace
+
     import uvicorn
 
-    from scripts.chat_web import create_app
+    from scripts.chat_web import DEFAULTS, create_app
+    settings = SimpleNamespace(**{**vars(DEFAULTS), "api_key": api_key})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(worker_pool=demo_pool()), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = create_app(worker_pool=demo_pool(), settings=settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + timeout

@@ -298,9 +298,9 @@ class Reply:
             tail = decoder.flush()
             if tail:
                 put(tail)
-        except Exception as e:  # reported to the request, the server keeps running
+        except Exception:  # reported to the request, the server keeps running
             logger.exception("generation failed")
-            put(RuntimeError(f"generation failed: {e}"))
+            put(RuntimeError("generation failed; the server log has the details"))  # not the internal text
         finally:
             put(_END)
             if self.on_finish is not None:

@@ -14,8 +14,10 @@ Requests beyond the number of workers wait for one to be free.
 """
 
 import argparse
+import hmac
 import json
 import logging
+import math
 import os
 import random
 from contextlib import asynccontextmanager
@@ -79,19 +81,62 @@ async def generate_stream(pool, tokens, temperature, max_new_tokens, top_k, requ
     yield sse({"done": True})
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, size):
+        super().__init__(413, f"request body is too large ({size} bytes or more, at most {MAX_BODY_BYTES})")
+
+
 class BodySizeLimit:
-    """Refuse bodies announced larger than MAX_BODY_BYTES before reading them."""
+    """Refuse bodies larger than MAX_BODY_BYTES: at once when Content-Length says so, and otherwise
+    (a chunked body) as soon as the bytes received pass the limit, without reading the rest."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers", [])).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                message = f"request body is too large ({int(length)} bytes, at most {MAX_BODY_BYTES})"
-                response = (openai_error(413, message, code="request_too_large")
-                            if scope["path"].startswith("/v1/") else JSONResponse({"detail": message}, 413))
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return await self.refuse(scope, receive, send, BodyTooLarge(int(length)))
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    # FastAPI re-raises HTTPExceptions met while reading the body; the app's handler answers
+                    raise BodyTooLarge(received)
+            return message
+
+        return await self.app(scope, counting_receive, send)
+
+    async def refuse(self, scope, receive, send, error):
+        response = (openai_error(error.status_code, error.detail, code="request_too_large")
+                    if scope["path"].startswith("/v1/") else JSONResponse({"detail": error.detail}, error.status_code))
+        response.headers["connection"] = "close"
+        return await response(scope, receive, send)
+
+
+class ApiKeyGuard:
+    """When the server has an API key, the chat routes (/v1/*, /chat/completions) need
+    `Authorization: Bearer <key>`; the page, its logo and /health stay open."""
+
+    def __init__(self, app, api_key):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        guarded = scope["type"] == "http" and (path.startswith("/v1/") or path == "/chat/completions")
+        if guarded and scope["method"] != "OPTIONS":  # CORS preflights carry no credentials
+            given = dict(scope.get("headers", [])).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                message = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+                response = (openai_error(401, message, code="invalid_api_key") if path.startswith("/v1/")
+                            else JSONResponse({"detail": message}, 401))
+                response.headers["www-authenticate"] = "Bearer"
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -115,7 +160,12 @@ def create_app(worker_pool=None, settings=None):
     app = FastAPI(lifespan=lifespan, title="nanochat")
     app.state.worker_pool = worker_pool if worker_pool is not None else WorkerPool(getattr(settings, "num_gpus", None))
     app.state.settings = settings
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True,
+    api_key = getattr(settings, "api_key", None)
+    if api_key:
+        app.add_middleware(ApiKeyGuard, api_key=api_key)  # inside CORS, so its 401s carry CORS headers
+    # Any page may call the API, but never with the visitor's cookies or HTTP credentials; the UI is
+    # served from this origin and needs no CORS at all.
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False,
                        allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodySizeLimit)
     app.include_router(openai_router)
@@ -136,7 +186,7 @@ def create_app(worker_pool=None, settings=None):
         validate_chat_request(body)
         pool = request.app.state.worker_pool
         for m in body.messages:
-            logger.info(f"[{m.role}] {m.content}")
+            logger.info(f"[{m.role}] {m.content!r}")  # escaped: a newline in it cannot start a log line
         tokens = render_prompt(pool.tokenizer, [(m.role, m.content) for m in body.messages])
         if len(tokens) >= pool.max_context:
             raise RequestError(f"conversation is {len(tokens)} tokens; this model handles fewer than "
@@ -181,9 +231,20 @@ def _add_error_handlers(app):
     async def on_request_error(request, exc):
         return refuse(request, 400, exc.message, exc.param)
 
+    @app.exception_handler(Exception)
+    async def on_internal_error(request, exc):  # the traceback goes to the log (uvicorn), not to the client
+        message = "internal server error; the server log has the details"
+        if request.url.path.startswith("/v1/"):
+            return openai_error(500, message)
+        return JSONResponse({"detail": message}, status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request, exc):
-        return refuse(request, exc.status_code, str(exc.detail))
+        if not isinstance(exc, BodyTooLarge):
+            return refuse(request, exc.status_code, str(exc.detail))
+        response = refuse(request, exc.status_code, str(exc.detail), code="request_too_large")
+        response.headers["connection"] = "close"  # the rest of the body is never read
+        return response
 
 
 def parse_args(argv=None):
@@ -199,15 +260,30 @@ def parse_args(argv=None):
     parser.add_argument("-d", "--dtype", type=str, default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--device-type", type=str, default="", choices=["", "cuda", "cpu", "mps"],
                         help="empty = autodetect")
-    parser.add_argument("--host", type=str, default="0.0.0.0", help="host to bind")
+    parser.add_argument("--host", type=str, default="0.0.0.0", help="host to bind (127.0.0.1: this machine only)")
+    parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY") or None,
+                        help="require 'Authorization: Bearer <key>' on /v1/* and /chat/completions "
+                             "(default: $NANOCHAT_API_KEY; unset = open)")
     args = parser.parse_args(argv)
     if args.num_gpus < 1:
         parser.error("--num-gpus must be >= 1")
-    try:  # the server's defaults obey the same limits as requests
-        check_sampling(args.temperature, args.top_k, args.max_tokens)
-    except RequestError as e:
-        parser.error(e.message.replace("top_k", "--top-k").replace("max_tokens", "--max-tokens"))
+    # The server's own defaults may be anything the engine can sample with; the per-request limits
+    # (check_sampling) apply to the fields a request sends.
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        parser.error(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.max_tokens < 1:
+        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
     return args
+
+
+def settings_from_args(args, device_type):
+    """What create_app needs to know from the command line."""
+    return SimpleNamespace(
+        source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
+        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype,
+        api_key=args.api_key)
 
 
 def main(argv=None):
@@ -225,10 +301,7 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as e:
         print(f"chat_web: {e}", file=sys.stderr)
         sys.exit(1)
-    settings = SimpleNamespace(
-        source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
-        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype)
-    app = create_app(worker_pool=pool, settings=settings)
+    app = create_app(worker_pool=pool, settings=settings_from_args(args, device_type))
     print(f"Starting the nanochat server at http://{args.host}:{args.port}")
     uvicorn.run(app, host=args.host, port=args.port)
 
