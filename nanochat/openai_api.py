@@ -1,6 +1,10 @@
 """
-OpenAI-compatible routes of the chat server: POST /v1/chat/completions (streaming and not) and
-GET /v1/models, so the official `openai` client (and tools built on it) can talk to nanochat:
+OpenAI-compatible routes of the chat server, so the official `openai` client (and tools and
+evaluation harnesses built on it) can talk to nanochat:
+
+    POST /v1/chat/completions   chat models: n, stop, temperature, top_p, seed, logprobs/top_logprobs
+    POST /v1/completions        base models: a plain prompt, echo, logprobs of prompt and completion
+    GET  /v1/models
 
     client = OpenAI(base_url="http://localhost:8000/v1", api_key="unused")
     client.chat.completions.create(model="nanochat", messages=[...], stream=True)
@@ -19,7 +23,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool
 
-from nanochat.serving import RequestError, check_messages, check_sampling, render_prompt
+from nanochat.serving import (MAX_MAX_TOKENS, RequestError, Sampling, check_choices, check_messages,
+                              check_sampling, render_prompt)
 
 router = APIRouter(prefix="/v1")
 CREATED = int(time.time())
@@ -27,7 +32,7 @@ SYSTEM_ROLES = ("system", "developer")
 
 
 def openai_error(status, message, param=None, code=None):
-    kind = "server_error" if status >= 500 else "invalid_request_error"
+    kind = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                         status_code=status)
 
@@ -68,6 +73,29 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    prompt: str | list[str]
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = 16  # OpenAI's default for completions
+    n: int | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = None
+    echo: StrictBool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
@@ -103,19 +131,36 @@ def fold_system_messages(messages):
 
 
 def check_unsupported(body):
-    if body.n not in (None, 1):
-        raise RequestError("only n=1 is supported", "n")
-    if body.top_p not in (None, 1.0):
-        raise RequestError("top_p is not supported (use top_k, an extension of this server)", "top_p")
-    if body.stop:
-        raise RequestError("stop sequences are not supported", "stop")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name) not in (None, 0.0):
             raise RequestError(f"{name} is not supported", name)
+    if getattr(body, "suffix", None):
+        raise RequestError("suffix is not supported", "suffix")
+    if getattr(body, "best_of", None) not in (None, 1, body.n or 1):
+        raise RequestError("best_of other than n is not supported", "best_of")
 
 
-def prepare(body, request):
-    """Validate the request and return (prompt tokens, sampling settings)."""
+def sampling_for(body, settings, max_tokens, top_logprobs=None, prompt_logprobs=False):
+    """The request's Sampling, with the server's defaults for what it leaves out."""
+    stop = body.stop if body.stop is not None else ()
+    return Sampling(
+        temperature=settings.temperature if body.temperature is None else body.temperature,
+        top_k=settings.top_k if body.top_k is None else body.top_k,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
+        seed=random.randint(0, 2**31 - 1) if body.seed is None else body.seed,
+        n=body.n or 1, stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        logprobs=top_logprobs, prompt_logprobs=prompt_logprobs)
+
+
+def check_prompt_length(tokens, pool):
+    if len(tokens) >= pool.max_context:
+        raise RequestError(f"the prompt is {len(tokens)} tokens; this model handles fewer than {pool.max_context}",
+                           "messages")
+
+
+def prepare_chat(body, request):
+    """Validate a chat request and return (prompt tokens, Sampling)."""
     check_unsupported(body)
     messages = [(m.role, message_text(i, m)) for i, m in enumerate(body.messages)]
     check_messages(messages, allowed_roles=("system", "developer", "user", "assistant"))
@@ -123,23 +168,32 @@ def prepare(body, request):
     max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     check_sampling(body.temperature, body.top_k, max_tokens, max_tokens_param=max_param, seed=body.seed)
-    pool, settings = request.app.state.worker_pool, request.app.state.settings
+    check_choices(body.n, body.stop, body.top_p, body.top_logprobs)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise RequestError("top_logprobs needs logprobs=true", "top_logprobs")
+    pool = request.app.state.worker_pool
     tokens = render_prompt(pool.tokenizer, messages)
-    if len(tokens) >= pool.max_context:
-        raise RequestError(f"conversation is {len(tokens)} tokens; this model handles fewer than {pool.max_context}",
-                           "messages")
-    sampling = dict(
-        temperature=settings.temperature if body.temperature is None else body.temperature,
-        top_k=settings.top_k if body.top_k is None else body.top_k,
-        max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
-        seed=random.randint(0, 2**31 - 1) if body.seed is None else body.seed,
-    )
-    return tokens, sampling
+    check_prompt_length(tokens, pool)
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    return tokens, sampling_for(body, request.app.state.settings, max_tokens, top_logprobs=top)
 
 
 def usage(prompt_tokens, completion_tokens):
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def token_text(tokenizer, token):
+    return tokenizer.decode([token])
+
+
+def chat_logprobs(tokenizer, entries):
+    """OpenAI's chat `logprobs` object of a list of our entries."""
+    def item(token, logprob):
+        text = token_text(tokenizer, token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+    return {"content": [{**item(e["id"], e["logprob"]), "top_logprobs": [item(t, lp) for t, lp in e["top"]]}
+                        for e in entries]}
 
 
 @router.get("/models")
@@ -150,45 +204,152 @@ async def list_models(request: Request):
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    tokens, sampling = prepare(body, request)
+    tokens, sampling = prepare_chat(body, request)
     pool = request.app.state.worker_pool
+    generation = pool.submit(tokens, sampling)  # ServerBusy -> 429 before any byte is sent
     meta = dict(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model_id(request.app.state.settings))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(stream_completion(pool, tokens, sampling, meta, include_usage, request),
+        return StreamingResponse(stream_chat(pool, generation, meta, include_usage, request),
                                  media_type="text/event-stream")
-    async with pool.reply(tokens, **sampling) as reply:
-        try:
-            async for _ in reply.pieces(request.is_disconnected):
-                pass
-        except RuntimeError as e:
-            return openai_error(500, str(e))
-    return {**meta, "object": "chat.completion", "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                         "logprobs": None, "finish_reason": reply.finish_reason}],
-            "usage": usage(len(tokens), reply.completion_tokens)}
+    try:
+        await generation.run_to_end(request.is_disconnected)
+    except RuntimeError as e:
+        return openai_error(500, str(e))
+    choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                "logprobs": chat_logprobs(pool.tokenizer, c.logprobs) if sampling.logprobs is not None else None,
+                "finish_reason": c.finish_reason} for c in generation.choices]
+    return {**meta, "object": "chat.completion", "system_fingerprint": None, "choices": choices,
+            "usage": usage(len(tokens), sum(c.completion_tokens for c in generation.choices))}
 
 
-async def stream_completion(pool, tokens, sampling, meta, include_usage, request):
-    """chat.completion.chunk events, then `data: [DONE]`."""
+def sse(payload):
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def event(choices, **extra):
-        payload = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None, "choices": choices, **extra}
-        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def delta(content, finish_reason=None):
-        return event([{"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}])
+async def stream_error(e):
+    return sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
 
-    async with pool.reply(tokens, **sampling) as reply:
-        yield delta({"role": "assistant", "content": ""})
-        try:
-            async for text in reply.pieces(request.is_disconnected):
-                yield delta({"content": text})
-        except RuntimeError as e:
-            error = {"message": str(e), "type": "server_error", "param": None, "code": None}
-            yield f"data: {json.dumps({'error': error})}\n\n"
-            return
-        yield delta({}, finish_reason=reply.finish_reason)
-        if include_usage:
-            yield event([], usage=usage(len(tokens), reply.completion_tokens))
+
+async def stream_chat(pool, generation, meta, include_usage, request):
+    """chat.completion.chunk events (one choice per chunk), then `data: [DONE]`."""
+
+    def chunk(choices, **extra):
+        return sse({**meta, "object": "chat.completion.chunk", "system_fingerprint": None, "choices": choices,
+                    **extra})
+
+    with_logprobs = generation.sampling.logprobs is not None
+    for choice in generation.choices:
+        yield chunk([{"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}])
+    try:
+        async for choice, text, entry in generation.events(request.is_disconnected):
+            logprobs = chat_logprobs(pool.tokenizer, [entry]) if with_logprobs and entry is not None else None
+            if text or logprobs:
+                yield chunk([{"index": choice.index, "delta": {"content": text}, "logprobs": logprobs,
+                              "finish_reason": None}])
+            if choice.finish_reason is not None:
+                yield chunk([{"index": choice.index, "delta": {}, "logprobs": None,
+                              "finish_reason": choice.finish_reason}])
+    except RuntimeError as e:
+        yield await stream_error(e)
+        return
+    if include_usage:
+        yield chunk([], usage=usage(len(generation.tokens), sum(c.completion_tokens for c in generation.choices)))
+    yield "data: [DONE]\n\n"
+
+
+# -----------------------------------------------------------------------------
+# /v1/completions: plain text in, text out (base models; evaluation harnesses score with echo + logprobs)
+
+def prepare_completion(body, request):
+    """Validate a completion request and return (prompt token lists, Sampling)."""
+    check_unsupported(body)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts or not all(prompts):
+        raise RequestError("prompt must be a non-empty string or a list of non-empty strings", "prompt")
+    if len(prompts) > 1 and body.stream:
+        raise RequestError("streaming takes a single prompt", "prompt")
+    if body.max_tokens is not None and not (0 <= body.max_tokens <= MAX_MAX_TOKENS):
+        raise RequestError(f"max_tokens must be between 0 and {MAX_MAX_TOKENS}, got {body.max_tokens}", "max_tokens")
+    if body.max_tokens == 0 and body.stream:
+        raise RequestError("max_tokens=0 (scoring the prompt) needs stream=false", "max_tokens")
+    check_sampling(body.temperature, body.top_k, seed=body.seed)
+    check_choices(body.n, body.stop, body.top_p, body.logprobs, top_logprobs_param="logprobs")
+    pool = request.app.state.worker_pool
+    tokenizer = pool.tokenizer
+    token_lists = []
+    for prompt in prompts:
+        tokens = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+        check_prompt_length(tokens, pool)
+        token_lists.append(tokens)
+    prompt_logprobs = bool(body.echo) and body.logprobs is not None
+    return prompts, token_lists, sampling_for(body, request.app.state.settings, body.max_tokens,
+                                              top_logprobs=body.logprobs, prompt_logprobs=prompt_logprobs)
+
+
+def completion_logprobs(tokenizer, entries, offset):
+    """OpenAI's (legacy) completions `logprobs`: tokens, token_logprobs, top_logprobs, text_offset."""
+    tokens, offsets = [], []
+    for entry in entries:
+        tokens.append(token_text(tokenizer, entry["id"]))
+        offsets.append(offset)
+        offset += len(tokens[-1])
+    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{token_text(tokenizer, t): lp for t, lp in e["top"]} for e in entries],
+            "text_offset": offsets}
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    prompts, token_lists, sampling = prepare_completion(body, request)
+    pool = request.app.state.worker_pool
+    generations = [pool.submit(tokens, sampling) for tokens in token_lists]
+    meta = dict(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model_id(request.app.state.settings))
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(stream_completion(pool, generations[0], prompts[0], body.echo, meta,
+                                                   include_usage, request), media_type="text/event-stream")
+    try:
+        for generation in generations:
+            await generation.run_to_end(request.is_disconnected)
+    except RuntimeError as e:
+        return openai_error(500, str(e))
+    finally:
+        for generation in generations:
+            generation.cancel()
+    choices = []
+    for prompt, generation in zip(prompts, generations):
+        for c in generation.choices:
+            logprobs = None
+            if sampling.logprobs is not None:
+                entries = (generation.prompt_logprobs if body.echo else []) + c.logprobs
+                logprobs = completion_logprobs(pool.tokenizer, entries, 0 if body.echo else len(prompt))
+            choices.append({"index": len(choices), "text": (prompt if body.echo else "") + c.text,
+                            "logprobs": logprobs, "finish_reason": c.finish_reason})
+    completion_tokens = sum(c.completion_tokens for g in generations for c in g.choices)
+    return {**meta, "object": "text_completion", "system_fingerprint": None, "choices": choices,
+            "usage": usage(sum(len(t) for t in token_lists), completion_tokens)}
+
+
+async def stream_completion(pool, generation, prompt, echo, meta, include_usage, request):
+    def chunk(choices, **extra):
+        return sse({**meta, "object": "text_completion", "choices": choices, **extra})
+
+    with_logprobs = generation.sampling.logprobs is not None
+    if echo:
+        for choice in generation.choices:
+            yield chunk([{"index": choice.index, "text": prompt, "logprobs": None, "finish_reason": None}])
+    try:
+        async for choice, text, entry in generation.events(request.is_disconnected):
+            logprobs = None
+            if with_logprobs and entry is not None:
+                logprobs = completion_logprobs(pool.tokenizer, [entry], len(prompt) + len(choice.text) - len(text))
+            yield chunk([{"index": choice.index, "text": text, "logprobs": logprobs,
+                          "finish_reason": choice.finish_reason}])
+    except RuntimeError as e:
+        yield await stream_error(e)
+        return
+    if include_usage:
+        yield chunk([], usage=usage(len(generation.tokens), sum(c.completion_tokens for c in generation.choices)))
     yield "data: [DONE]\n\n"

@@ -8,9 +8,10 @@ Endpoints:
   GET  /                       the chat UI (nanochat/ui.html)
   GET  /logo.svg               its logo
   POST /chat/completions       streaming (SSE) chat used by the UI
-  GET  /health, GET /stats     liveness and worker usage
-  POST /v1/chat/completions    OpenAI-compatible (streaming and not); GET /v1/models
-Requests beyond the number of workers wait for one to be free.
+  GET  /health, GET /stats     liveness, rows in use, queue length, tokens/s
+  POST /v1/chat/completions    OpenAI-compatible (streaming and not); POST /v1/completions; GET /v1/models
+Replies are decoded together, continuously batched (nanochat/serving.py): up to --max-batch-rows
+per worker, then up to --max-queue requests wait, and beyond that the server answers 429.
 """
 
 import argparse
@@ -30,7 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nanochat.serving import (RequestError, WorkerPool, check_messages, check_sampling,
+from nanochat.serving import (RequestError, Sampling, ServerBusy, WorkerPool, check_messages, check_sampling,
                               describe_validation_errors, render_prompt)
 from nanochat.openai_api import openai_error, router as openai_router
 
@@ -66,18 +67,17 @@ def sse(payload):
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def generate_stream(pool, tokens, temperature, max_new_tokens, top_k, request=None):
+async def generate_stream(generation, request=None):
     """SSE events of one reply: {"token", "gpu"} per piece of text, then {"done": true}."""
-    seed = random.randint(0, 2**31 - 1)
     disconnected = request.is_disconnected if request is not None else None
-    async with pool.reply(tokens, temperature=temperature, top_k=top_k, max_tokens=max_new_tokens,
-                          seed=seed) as reply:
-        try:
-            async for text in reply.pieces(disconnected):
-                yield sse({"token": text, "gpu": reply.worker.gpu_id})
-        except RuntimeError as e:  # generation failed after the response started: say so in-stream
-            yield sse({"error": str(e)})
-        logger.info(f"Reply ({reply.completion_tokens} tokens, {reply.finish_reason}): {reply.text!r}")
+    try:
+        async for _, text, _ in generation.events(disconnected):
+            if text:
+                yield sse({"token": text, "gpu": generation.gpu_id})
+    except RuntimeError as e:  # generation failed after the response started: say so in-stream
+        yield sse({"error": str(e)})
+    reply = generation.choices[0]
+    logger.info(f"Reply ({reply.completion_tokens} tokens, {reply.finish_reason}): {reply.text!r}")
     yield sse({"done": True})
 
 
@@ -191,24 +191,22 @@ def create_app(worker_pool=None, settings=None):
         if len(tokens) >= pool.max_context:
             raise RequestError(f"conversation is {len(tokens)} tokens; this model handles fewer than "
                                f"{pool.max_context}", "messages")
-        temperature = settings.temperature if body.temperature is None else body.temperature
-        top_k = settings.top_k if body.top_k is None else body.top_k
-        max_tokens = settings.max_tokens if body.max_tokens is None else body.max_tokens
-        return StreamingResponse(generate_stream(pool, tokens, temperature, max_tokens, top_k, request),
-                                 media_type="text/event-stream")
+        sampling = Sampling(temperature=settings.temperature if body.temperature is None else body.temperature,
+                            top_k=settings.top_k if body.top_k is None else body.top_k,
+                            max_tokens=settings.max_tokens if body.max_tokens is None else body.max_tokens,
+                            seed=random.randint(0, 2**31 - 1) if body.seed is None else body.seed)
+        generation = pool.submit(tokens, sampling)  # ServerBusy -> 429 before the stream starts
+        return StreamingResponse(generate_stream(generation, request), media_type="text/event-stream")
 
     @app.get("/health")
     async def health(request: Request):
         pool = request.app.state.worker_pool
-        return {"status": "ok", "ready": pool.ready, "num_gpus": len(pool.workers),
-                "available_workers": pool.available()}
+        return {"status": "ok", "ready": pool.ready, "num_gpus": len(pool.workers), **pool.stats()}
 
     @app.get("/stats")
     async def stats(request: Request):
         pool = request.app.state.worker_pool
-        available = pool.available()
-        return {"total_workers": len(pool.workers), "available_workers": available,
-                "busy_workers": len(pool.workers) - available,
+        return {"total_workers": len(pool.workers), **pool.stats(),
                 "workers": [{"gpu_id": w.gpu_id, "device": str(w.device)} for w in pool.workers]}
 
     return app
@@ -230,6 +228,12 @@ def _add_error_handlers(app):
     @app.exception_handler(RequestError)
     async def on_request_error(request, exc):
         return refuse(request, 400, exc.message, exc.param)
+
+    @app.exception_handler(ServerBusy)
+    async def on_busy(request, exc):
+        response = refuse(request, 429, str(exc), code="rate_limit_exceeded")
+        response.headers["retry-after"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(Exception)
     async def on_internal_error(request, exc):  # the traceback goes to the log (uvicorn), not to the client
@@ -260,6 +264,10 @@ def parse_args(argv=None):
     parser.add_argument("-d", "--dtype", type=str, default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--device-type", type=str, default="", choices=["", "cuda", "cpu", "mps"],
                         help="empty = autodetect")
+    parser.add_argument("--max-batch-rows", type=int, default=8,
+                        help="replies decoded together per worker (1 = one request at a time)")
+    parser.add_argument("--max-queue", type=int, default=32,
+                        help="requests that may wait for a row per worker; beyond that the server answers 429")
     parser.add_argument("--host", type=str, default="0.0.0.0", help="host to bind (127.0.0.1: this machine only)")
     parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY") or None,
                         help="require 'Authorization: Bearer <key>' on /v1/* and /chat/completions "
@@ -267,6 +275,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_gpus < 1:
         parser.error("--num-gpus must be >= 1")
+    if args.max_batch_rows < 1 or args.max_queue < 0:
+        parser.error("--max-batch-rows must be >= 1 and --max-queue >= 0")
     # The server's own defaults may be anything the engine can sample with; the per-request limits
     # (check_sampling) apply to the fields a request sends.
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
@@ -295,7 +305,7 @@ def main(argv=None):
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     compute_init(device_type)
-    pool = WorkerPool(args.num_gpus)
+    pool = WorkerPool(args.num_gpus, max_rows=args.max_batch_rows, max_queue=args.max_queue)
     try:
         pool.load(args.source, args.model_tag, args.step, device_type, args.dtype)
     except (FileNotFoundError, ValueError) as e:

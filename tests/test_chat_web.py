@@ -100,8 +100,8 @@ def sse_events(response):
 def wait_all_workers_free(base_url, total=2, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        stats = httpx.get(f"{base_url}/stats").json()
-        if stats["available_workers"] == total:
+        stats = httpx.get(f"{base_url}/health").json()
+        if stats["idle_workers"] == total and stats["rows_in_use"] == 0:
             return stats
         time.sleep(0.05)
     raise AssertionError(f"workers not released: {stats}")
@@ -175,10 +175,11 @@ def test_ui_protocol_and_pages(server):
     assert 'src="http' not in page.text and 'href="http' not in page.text and "@import" not in page.text
     logo = httpx.get(base_url + "/logo.svg")
     assert logo.headers["content-type"].startswith("image/svg+xml") and "<svg" in logo.text
-    assert httpx.get(base_url + "/health").json() == {"status": "ok", "ready": True, "num_gpus": 2,
-                                                      "available_workers": 2}
+    health = wait_all_workers_free(base_url)
+    assert health["status"] == "ok" and health["ready"] and health["num_gpus"] == 2
+    assert health["max_rows"] == 16 and health["queue_length"] == 0
     stats = httpx.get(base_url + "/stats").json()
-    assert stats["total_workers"] == 2 and stats["busy_workers"] == 0
+    assert stats["total_workers"] == 2 and stats["rows_in_use"] == 0
     assert stats["workers"] == [{"gpu_id": 0, "device": "cpu"}, {"gpu_id": 1, "device": "cpu"}]
 
 
@@ -219,14 +220,27 @@ BAD_REQUESTS = [
     ("/chat/completions", _ui(max_tokens=1.5), "max_tokens"),
     ("/chat/completions", b'{"messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}', "large"),
     ("/v1/chat/completions", b"not json", "JSON"),
-    ("/v1/chat/completions", _v1(n=2), "n=1"),
+    ("/v1/chat/completions", _v1(n=9), "n must be"),
+    ("/v1/chat/completions", _v1(n=0), "n must be"),
+    ("/v1/chat/completions", _v1(stop=["a", "b", "c", "d", "e"]), "stop"),
+    ("/v1/chat/completions", _v1(stop=[""]), "stop"),
+    ("/v1/chat/completions", _v1(logprobs=True, top_logprobs=6), "top_logprobs"),
+    ("/v1/chat/completions", _v1(top_logprobs=2), "logprobs=true"),
+    ("/v1/chat/completions", _v1(presence_penalty=0.5), "presence_penalty"),
+    ("/v1/completions", {"model": "m", "prompt": ""}, "prompt"),
+    ("/v1/completions", {"model": "m"}, "prompt"),
+    ("/v1/completions", {"model": "m", "prompt": "a", "max_tokens": -1}, "max_tokens"),
+    ("/v1/completions", {"model": "m", "prompt": "a", "logprobs": 6}, "logprobs"),
+    ("/v1/completions", {"model": "m", "prompt": "a", "suffix": "b"}, "suffix"),
+    ("/v1/completions", {"model": "m", "prompt": ["a", "b"], "stream": True}, "single prompt"),
     ("/v1/chat/completions", _v1([{"role": "tool", "content": "x"}]), "role"),
     ("/v1/chat/completions", _v1([user("a"), {"role": "system", "content": "b"}]), "system"),
     ("/v1/chat/completions", _v1([{"role": "system", "content": "only"}]), "user"),
     ("/v1/chat/completions", _v1(max_completion_tokens=0), "max_completion_tokens"),
     ("/v1/chat/completions", _v1(stream="yes"), "stream"),
     ("/v1/chat/completions", _v1([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), "text"),
-    ("/v1/chat/completions", _v1(top_p=0.5), "top_p"),
+    ("/v1/chat/completions", _v1(top_p=0), "top_p"),
+    ("/v1/chat/completions", _v1(top_p=1.5), "top_p"),
     ("/v1/chat/completions", _v1([{"role": "assistant", "content": None}]), "content"),
     ("/v1/chat/completions", _v1(temperature=float("nan")), "temperature"),
 ]
@@ -293,7 +307,7 @@ def test_disconnect_mid_stream_frees_the_worker(server):
                 first = next(sse_events(response))
                 assert "token" in json.loads(first)
         stats = wait_all_workers_free(base_url, timeout=10)
-        assert stats["busy_workers"] == 0
+        assert stats["rows_in_use"] == 0
         t0 = time.time()
         response = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
                               json={"model": "m", "messages": [user("next")], "max_tokens": 3})
@@ -341,7 +355,7 @@ def test_missing_checkpoint_names_directory_and_stage(tmp_path, monkeypatch, cap
 def test_worker_pool_loads_a_checkpoint_for_two_cpu_workers(base_dir, byte_tokenizer):
     import asyncio
 
-    from nanochat.serving import WorkerPool
+    from nanochat.serving import Sampling, WorkerPool
     from test_chat_cli import save_tiny_checkpoint
     save_tiny_checkpoint(base_dir, byte_tokenizer, subdir="mid_checkpoints")
     pool = WorkerPool(num_gpus=2).load("mid", device_type="cpu", dtype="bfloat16")
@@ -349,14 +363,14 @@ def test_worker_pool_loads_a_checkpoint_for_two_cpu_workers(base_dir, byte_token
 
     async def one_reply():
         pool.start()
-        async with pool.reply(render_prompt_for(pool, "hi"), temperature=0.0, top_k=None, max_tokens=5,
-                              seed=1) as reply:
-            text = "".join([piece async for piece in reply.pieces()])
-        await asyncio.sleep(0.05)  # the worker is handed back from the generation thread
-        return reply, text, pool.available()
+        generation = pool.submit(render_prompt_for(pool, "hi"), Sampling(temperature=0.0, top_k=None, max_tokens=5,
+                                                                         seed=1))
+        text = "".join([piece async for _, piece, _ in generation.events()])
+        await asyncio.sleep(0.05)  # the row is retired by the decode thread
+        return generation.choices[0], text, pool.stats()
 
-    reply, text, available = asyncio.run(one_reply())
-    assert reply.completion_tokens <= 5 and text == reply.text and available == 2
+    reply, text, stats = asyncio.run(one_reply())
+    assert reply.completion_tokens <= 5 and text == reply.text and stats["rows_in_use"] == 0
 
 
 def render_prompt_for(pool, text):

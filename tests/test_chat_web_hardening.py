@@ -63,13 +63,13 @@ def test_server_defaults_beyond_request_limits_start_and_apply():
     assert (args.max_tokens, args.temperature, args.top_k) == (8000, 2.5, 500)
     pool = tiny_pool(_byte_tokenizer())
     seen = []
-    real_reply = pool.reply
+    real_submit = pool.submit
 
-    def spy_reply(tokens, **sampling):  # what the endpoint asks the pool for
+    def spy_submit(tokens, sampling):  # what the endpoint asks the pool for
         seen.append(sampling)
-        return real_reply(tokens, **sampling)
+        return real_submit(tokens, sampling)
 
-    pool.reply = spy_reply
+    pool.submit = spy_submit
     app = create_app(worker_pool=pool, settings=settings_from_args(args, "cpu"))
     with running_server(app) as (host, port):
         response = httpx.post(f"http://{host}:{port}/v1/chat/completions", json=hi(), timeout=60)
@@ -78,7 +78,7 @@ def test_server_defaults_beyond_request_limits_start_and_apply():
         assert response.json()["choices"][0]["finish_reason"] == "length"
         refused = httpx.post(f"http://{host}:{port}/v1/chat/completions", json=hi(max_tokens=8000), timeout=60)
         assert refused.status_code == 400 and "max_tokens" in refused.text  # requests keep their limits
-    assert seen[0]["max_tokens"] == 8000 and seen[0]["temperature"] == 2.5 and seen[0]["top_k"] == 500
+    assert seen[0].max_tokens == 8000 and seen[0].temperature == 2.5 and seen[0].top_k == 500
 
 
 @pytest.mark.parametrize("argv", [["-t", "-1"], ["-t", "nan"], ["-k", "0"], ["-m", "0"]])
