@@ -1,0 +1,209 @@
+"""
+Load test of the chat server: N concurrent streaming clients for a bounded time, each sending
+OpenAI-style streaming chat requests back to back. Prints aggregate tokens/s, p50/p95 time to
+first token and per-token latency, how many requests were refused (429) and how many failed.
+
+    python -m dev.load_test                                # random d4 model: batched vs one request at a time
+    python -m dev.load_test --clients=32 --max-batch-rows=8 --max-queue=8 --modes=batched
+    python -m dev.load_test --url=http://127.0.0.1:8000    # a server that is already running
+
+Without --url it writes a random-weight d4 checkpoint (vocab 8192) to a temporary directory, and
+for each mode starts `python -m scripts.chat_web` on it: "batched" with --max-batch-rows, "single"
+with --max-batch-rows=1 (one request at a time per worker, the way the server worked before it
+batched). Modes alternate over --rounds so that both see the same machine load.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def one_request(client, url, i, max_tokens, timeout):
+    """Stream one reply; (status, time to first token, per-token latency, completion tokens)."""
+    body = {"model": "nanochat", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
+            "temperature": 1.0, "seed": i, "messages": [{"role": "user", "content": f"Tell me a story, number {i}."}]}
+    t0 = time.perf_counter()
+    first = last = None
+    tokens = 0
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=timeout) as response:
+        if response.status_code != 200:
+            response.read()
+            return response.status_code, None, None, 0
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            payload = json.loads(line[len("data: "):])
+            if payload.get("usage"):
+                tokens = payload["usage"]["completion_tokens"]
+            elif any(choice["delta"].get("content") for choice in payload["choices"]):
+                last = time.perf_counter()
+                first = first or last
+    if first is None or tokens == 0:
+        return 599, None, None, 0  # a 200 that never produced a token counts as an error
+    per_token = (last - first) / (tokens - 1) if tokens > 1 else None
+    return 200, first - t0, per_token, tokens
+
+
+def run_clients(url, clients, duration, max_tokens, timeout):
+    """Every client sends requests back to back until `duration` has passed; returns the figures."""
+    results, lock = [], threading.Lock()
+    deadline = time.perf_counter() + duration
+
+    def client_loop(c):
+        with httpx.Client() as client:
+            n = 0
+            while time.perf_counter() < deadline:
+                try:
+                    outcome = one_request(client, url, c * 1000 + n, max_tokens, timeout)
+                except httpx.HTTPError as e:
+                    outcome = (type(e).__name__, None, None, 0)
+                with lock:
+                    results.append(outcome)
+                n += 1
+                if outcome[0] == 429:
+                    time.sleep(1.0)  # the server's Retry-After
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    served = [r for r in results if r[0] == 200]
+    ttft = [r[1] for r in served]
+    per_token = [r[2] for r in served if r[2] is not None]
+    return {
+        "requests": len(results), "served": len(served), "refused_429": sum(r[0] == 429 for r in results),
+        "errors": sum(r[0] not in (200, 429) for r in results),
+        "server_errors_5xx": sum(isinstance(r[0], int) and r[0] >= 500 for r in results),
+        "tokens": sum(r[3] for r in served), "wall_s": wall,
+        "tok_s": sum(r[3] for r in served) / wall,
+        "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
+        "tpot_p50": percentile(per_token, 50), "tpot_p95": percentile(per_token, 95),
+    }
+
+
+def write_random_d4(base_dir, vocab_size=8192):
+    """A random-weight d4 'base' checkpoint and a tokenizer of `vocab_size`, trained on this repository's text."""
+    from dataclasses import asdict
+
+    import torch
+
+    from nanochat.checkpoint_manager import save_checkpoint
+    from nanochat.gpt import GPT, config_for_depth
+    from nanochat.tokenizer import RustBPETokenizer, save_token_bytes
+
+    def texts():
+        for root, _, files in os.walk(REPO):
+            if any(part.startswith(".") for part in root.split(os.sep)):
+                continue
+            for name in files:
+                if name.endswith((".py", ".md", ".sh", ".rs", ".html")):
+                    with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
+                        yield f.read()
+
+    tokenizer = RustBPETokenizer.train_from_iterator(texts(), vocab_size)
+    tokenizer.save(os.path.join(base_dir, "tokenizer"))
+    save_token_bytes(tokenizer, os.path.join(base_dir, "tokenizer"))
+    torch.manual_seed(0)
+    config = config_for_depth(4, 512, tokenizer.get_vocab_size())
+    model = GPT(config)
+    model.init_weights()
+    save_checkpoint(os.path.join(base_dir, "base_checkpoints", "d4"), 1, model.state_dict(), None,
+                    {"step": 1, "model_config": asdict(config)})
+
+
+def start_server(base_dir, port, max_batch_rows, max_queue):
+    env = {**os.environ, "NANOCHAT_BASE_DIR": base_dir}
+    cmd = [sys.executable, "-m", "scripts.chat_web", "--device-type=cpu", "-i", "base", "--host=127.0.0.1",
+           f"--port={port}", f"--max-batch-rows={max_batch_rows}", f"--max-queue={max_queue}"]
+    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode}: {' '.join(cmd)}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).json().get("ready"):
+                one_request(httpx.Client(), url, 0, 8, 60)  # warm-up
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("the server did not become ready in 120 s")
+
+
+def report(name, r):
+    print(f"{name:>8}: {r['tok_s']:7.1f} tok/s | TTFT p50 {r['ttft_p50']:.3f}s p95 {r['ttft_p95']:.3f}s | "
+          f"per token p50 {r['tpot_p50'] * 1000:.1f}ms p95 {r['tpot_p95'] * 1000:.1f}ms | "
+          f"{r['served']}/{r['requests']} served, {r['refused_429']} x 429, {r['errors']} errors "
+          f"({r['server_errors_5xx']} x 5xx), {r['tokens']} tokens in {r['wall_s']:.1f}s", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=None, help="test this running server instead of starting one")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds of load per run")
+    parser.add_argument("--timeout", type=float, default=120.0, help="a request taking longer is an error (hung)")
+    parser.add_argument("--modes", default="batched,single", help="with no --url: batched and/or single")
+    parser.add_argument("--rounds", type=int, default=2, help="with no --url: runs of each mode, alternated")
+    parser.add_argument("--max-batch-rows", type=int, default=8, help="rows of the batched mode")
+    parser.add_argument("--max-queue", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    import logging
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+
+    if args.url:
+        report("server", run_clients(args.url, args.clients, args.duration, args.max_tokens, args.timeout))
+        return
+    modes = args.modes.split(",")
+    runs = {mode: [] for mode in modes}
+    with tempfile.TemporaryDirectory() as base_dir:
+        print("writing a random d4 checkpoint (vocab 8192)...", flush=True)
+        write_random_d4(base_dir)
+        print(f"{args.clients} clients, {args.max_tokens} tokens per reply, {args.duration:.0f}s per run", flush=True)
+        for _ in range(args.rounds):
+            for mode in modes:
+                rows = args.max_batch_rows if mode == "batched" else 1
+                server, url = start_server(base_dir, args.port, rows, args.max_queue)
+                try:
+                    result = run_clients(url, args.clients, args.duration, args.max_tokens, args.timeout)
+                finally:
+                    server.terminate()
+                    server.wait(timeout=30)
+                report(mode, result)
+                runs[mode].append(result)
+    print("medians over rounds:")
+    medians = {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in runs.items()}
+    for mode, m in medians.items():
+        report(mode, m)
+    if "batched" in medians and "single" in medians:
+        b, s = medians["batched"], medians["single"]
+        print(f"batched / single: tokens/s {b['tok_s'] / s['tok_s']:.2f}x, "
+              f"TTFT p95 {b['ttft_p95']:.3f}s vs {s['ttft_p95']:.3f}s")
+
+
+if __name__ == "__main__":
+    main()
