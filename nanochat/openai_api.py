@@ -29,6 +29,7 @@ from nanochat.serving import (MAX_MAX_TOKENS, RequestError, Sampling, check_choi
 router = APIRouter(prefix="/v1")
 CREATED = int(time.time())
 SYSTEM_ROLES = ("system", "developer")
+MAX_PROMPTS = 16  # prompts in one /v1/completions request
 
 
 def openai_error(status, message, param=None, code=None):
@@ -153,10 +154,10 @@ def sampling_for(body, settings, max_tokens, top_logprobs=None, prompt_logprobs=
         logprobs=top_logprobs, prompt_logprobs=prompt_logprobs)
 
 
-def check_prompt_length(tokens, pool):
+def check_prompt_length(tokens, pool, param="messages"):
     if len(tokens) >= pool.max_context:
         raise RequestError(f"the prompt is {len(tokens)} tokens; this model handles fewer than {pool.max_context}",
-                           "messages")
+                           param)
 
 
 def prepare_chat(body, request):
@@ -268,6 +269,8 @@ def prepare_completion(body, request):
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts or not all(prompts):
         raise RequestError("prompt must be a non-empty string or a list of non-empty strings", "prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", "prompt")
     if len(prompts) > 1 and body.stream:
         raise RequestError("streaming takes a single prompt", "prompt")
     if body.max_tokens is not None and not (0 <= body.max_tokens <= MAX_MAX_TOKENS):
@@ -281,7 +284,7 @@ def prepare_completion(body, request):
     token_lists = []
     for prompt in prompts:
         tokens = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-        check_prompt_length(tokens, pool)
+        check_prompt_length(tokens, pool, "prompt")
         token_lists.append(tokens)
     prompt_logprobs = bool(body.echo) and body.logprobs is not None
     return prompts, token_lists, sampling_for(body, request.app.state.settings, body.max_tokens,
@@ -304,7 +307,14 @@ def completion_logprobs(tokenizer, entries, offset):
 async def completions(body: CompletionRequest, request: Request):
     prompts, token_lists, sampling = prepare_completion(body, request)
     pool = request.app.state.worker_pool
-    generations = [pool.submit(tokens, sampling) for tokens in token_lists]
+    generations = []
+    try:
+        for tokens in token_lists:
+            generations.append(pool.submit(tokens, sampling))
+    except Exception:  # ServerBusy -> 429: the prompts already queued are not wanted any more
+        for generation in generations:
+            generation.cancel()
+        raise
     meta = dict(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model_id(request.app.state.settings))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

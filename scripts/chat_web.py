@@ -15,6 +15,7 @@ per worker, then up to --max-queue requests wait, and beyond that the server ans
 """
 
 import argparse
+import asyncio
 import hmac
 import json
 import logging
@@ -30,6 +31,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from nanochat.serving import (RequestError, Sampling, ServerBusy, WorkerPool, check_messages, check_sampling,
                               describe_validation_errors, render_prompt)
@@ -86,12 +88,18 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body is too large ({size} bytes or more, at most {MAX_BODY_BYTES})")
 
 
-class BodySizeLimit:
-    """Refuse bodies larger than MAX_BODY_BYTES: at once when Content-Length says so, and otherwise
-    (a chunked body) as soon as the bytes received pass the limit, without reading the rest."""
+class BodyTooSlow(StarletteHTTPException):
+    def __init__(self, seconds):
+        super().__init__(408, f"the request body did not arrive within {seconds:g} seconds")
 
-    def __init__(self, app):
-        self.app = app
+
+class BodyLimits:
+    """Refuse bodies larger than MAX_BODY_BYTES (at once when Content-Length says so, and otherwise,
+    for a chunked body, as soon as the bytes received pass the limit, without reading the rest) and
+    bodies that take longer than `body_timeout` seconds to arrive (a slow client holds a connection)."""
+
+    def __init__(self, app, body_timeout=30.0):
+        self.app, self.body_timeout = app, body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -99,19 +107,27 @@ class BodySizeLimit:
         length = dict(scope.get("headers", [])).get(b"content-length", b"0")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             return await self.refuse(scope, receive, send, BodyTooLarge(int(length)))
-        received = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        received, body_done = 0, False
 
-        async def counting_receive():
-            nonlocal received
-            message = await receive()
+        async def guarded_receive():
+            # FastAPI re-raises HTTPExceptions met while reading the body; the app's handler answers
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect, which may take as long as the reply
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise BodyTooSlow(self.body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > MAX_BODY_BYTES:
-                    # FastAPI re-raises HTTPExceptions met while reading the body; the app's handler answers
                     raise BodyTooLarge(received)
+                body_done = not message.get("more_body", False)
             return message
 
-        return await self.app(scope, counting_receive, send)
+        return await self.app(scope, guarded_receive, send)
 
     async def refuse(self, scope, receive, send, error):
         response = (openai_error(error.status_code, error.detail, code="request_too_large")
@@ -167,7 +183,7 @@ def create_app(worker_pool=None, settings=None):
     # served from this origin and needs no CORS at all.
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False,
                        allow_methods=["*"], allow_headers=["*"])
-    app.add_middleware(BodySizeLimit)
+    app.add_middleware(BodyLimits, body_timeout=getattr(settings, "body_timeout", 30.0))
     app.include_router(openai_router)
     _add_error_handlers(app)
 
@@ -244,11 +260,44 @@ def _add_error_handlers(app):
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request, exc):
-        if not isinstance(exc, BodyTooLarge):
+        if not isinstance(exc, (BodyTooLarge, BodyTooSlow)):
             return refuse(request, exc.status_code, str(exc.detail))
-        response = refuse(request, exc.status_code, str(exc.detail), code="request_too_large")
+        code = "request_too_large" if isinstance(exc, BodyTooLarge) else "request_timeout"
+        response = refuse(request, exc.status_code, str(exc.detail), code=code)
         response.headers["connection"] = "close"  # the rest of the body is never read
         return response
+
+
+class SlowClientH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for headers: a connection that has not sent a
+    complete request head `header_timeout` seconds after it opened (or after its last response)
+    is answered 408 if it sent part of one, and closed either way, so slow clients cannot pile up."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def on_response_complete(self):
+        super().on_response_complete()
+        self._header_deadline.cancel()
+        if not self.transport.is_closing():
+            self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def connection_lost(self, exc):
+        self._header_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self):
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # closed already, or a request is being served: its body has its own deadline
+        if self.conn.trailing_data[0]:  # part of a request head arrived: say why we hang up
+            message = f"the request headers did not arrive within {self.header_timeout:g} seconds".encode()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"connection: close\r\ncontent-length: " + str(len(message)).encode() +
+                                 b"\r\n\r\n" + message)
+        self.transport.close()
 
 
 def parse_args(argv=None):
@@ -268,6 +317,10 @@ def parse_args(argv=None):
                         help="replies decoded together per worker (1 = one request at a time)")
     parser.add_argument("--max-queue", type=int, default=32,
                         help="requests that may wait for a row per worker; beyond that the server answers 429")
+    parser.add_argument("--header-timeout", type=float, default=10.0,
+                        help="seconds a client has to send a request's headers (then 408 and the connection closes)")
+    parser.add_argument("--body-timeout", type=float, default=30.0,
+                        help="seconds a client has to send a request's body (then 408)")
     parser.add_argument("--host", type=str, default="0.0.0.0", help="host to bind (127.0.0.1: this machine only)")
     parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY") or None,
                         help="require 'Authorization: Bearer <key>' on /v1/* and /chat/completions "
@@ -277,6 +330,8 @@ def parse_args(argv=None):
         parser.error("--num-gpus must be >= 1")
     if args.max_batch_rows < 1 or args.max_queue < 0:
         parser.error("--max-batch-rows must be >= 1 and --max-queue >= 0")
+    if not (args.header_timeout > 0 and args.body_timeout > 0):
+        parser.error("--header-timeout and --body-timeout must be > 0 seconds")
     # The server's own defaults may be anything the engine can sample with; the per-request limits
     # (check_sampling) apply to the fields a request sends.
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
@@ -293,7 +348,7 @@ def settings_from_args(args, device_type):
     return SimpleNamespace(
         source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
         top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype,
-        api_key=args.api_key)
+        api_key=args.api_key, body_timeout=args.body_timeout)
 
 
 def main(argv=None):
@@ -313,7 +368,8 @@ def main(argv=None):
         sys.exit(1)
     app = create_app(worker_pool=pool, settings=settings_from_args(args, device_type))
     print(f"Starting the nanochat server at http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port)
+    SlowClientH11.header_timeout = args.header_timeout
+    uvicorn.run(app, host=args.host, port=args.port, http=SlowClientH11)
 
 
 if __name__ == "__main__":

@@ -256,3 +256,70 @@ def test_api_key_flag_wins_over_the_environment(monkeypatch):
     assert parse_args(["--api-key", "from-flag"]).api_key == "from-flag"
     monkeypatch.delenv("NANOCHAT_API_KEY")
     assert parse_args([]).api_key is None
+
+
+# -----------------------------------------------------------------------------
+# slow clients, against the real server process
+
+@contextmanager
+def chat_web_process(base_dir, *flags):
+    """`python -m scripts.chat_web` on the tiny sft checkpoint in `base_dir`; yields its base URL."""
+    import os
+    import subprocess
+    import sys
+    port = free_port()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--device-type=cpu", "--host=127.0.0.1",
+                               f"--port={port}", *flags], cwd=repo, env={**os.environ, "NANOCHAT_BASE_DIR": base_dir},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).json()["ready"]:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield port, url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # still waiting on held connections
+            server.kill()
+            server.wait()
+
+
+def test_slow_headers_and_slow_bodies_are_timed_out(base_dir, byte_tokenizer):
+    from test_chat_cli import save_tiny_checkpoint
+    save_tiny_checkpoint(base_dir, byte_tokenizer)
+    with chat_web_process(base_dir, "--header-timeout=1", "--body-timeout=2") as (port, url):
+        slow_head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: appl"
+        slow_body = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\": ")
+        sockets = []
+        for head in [slow_head] * 20 + [slow_body] * 20:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.settimeout(10)
+            s.sendall(head)
+            sockets.append(s)
+        idle = socket.create_connection(("127.0.0.1", port))  # connects and never sends a byte
+        idle.settimeout(10)
+        t0 = time.time()
+        answers = []
+        for s in sockets:
+            data = b""
+            while chunk := s.recv(4096):  # until the server closes the connection
+                data += chunk
+            answers.append(data)
+            s.close()
+        assert idle.recv(4096) == b"" and time.time() - t0 < 8
+        idle.close()
+        assert all(a.startswith(b"HTTP/1.1 408") and b"headers" in a for a in answers[:20])
+        assert all(a.startswith(b"HTTP/1.1 408") and b"body" in a for a in answers[20:])
+        # the server is still there for clients that send at a normal pace
+        reply = httpx.post(f"{url}/v1/chat/completions", json=hi(max_tokens=2), timeout=30)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
