@@ -18,6 +18,8 @@ import time
 
 import httpx
 
+from dev.load_test import save_random_checkpoint
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = {"role": "user", "content": "hi"}
 
@@ -28,26 +30,14 @@ def v1(**extra):
 
 def write_tiny_checkpoint(base_dir):
     """A random depth-2 sft checkpoint with a byte-level tokenizer."""
-    from dataclasses import asdict
-
     import tiktoken
-    import torch
 
-    from nanochat.checkpoint_manager import save_checkpoint
-    from nanochat.gpt import GPT, config_for_depth
-    from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, RustBPETokenizer, save_token_bytes
+    from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, RustBPETokenizer
     ranks = {bytes([i]): i for i in range(256)}
     specials = {name: 256 + i for i, name in enumerate(SPECIAL_TOKENS)}
     tokenizer = RustBPETokenizer(tiktoken.Encoding(name="bytes", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
                                                    special_tokens=specials), "<|bos|>")
-    tokenizer.save(os.path.join(base_dir, "tokenizer"))
-    save_token_bytes(tokenizer, os.path.join(base_dir, "tokenizer"))
-    torch.manual_seed(0)
-    config = config_for_depth(2, 128, tokenizer.get_vocab_size())
-    model = GPT(config)
-    model.init_weights()
-    save_checkpoint(os.path.join(base_dir, "chatsft_checkpoints", "d2"), 1, model.state_dict(), None,
-                    {"step": 1, "model_config": asdict(config)})
+    save_random_checkpoint(base_dir, tokenizer, 2, "chatsft_checkpoints", 128)
 
 
 def raw(port, data, read_timeout=15):

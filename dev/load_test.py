@@ -101,15 +101,28 @@ def run_clients(url, clients, duration, max_tokens, timeout):
     }
 
 
-def write_random_d4(base_dir, vocab_size=8192):
-    """A random-weight d4 'base' checkpoint and a tokenizer of `vocab_size`, trained on this repository's text."""
+def save_random_checkpoint(base_dir, tokenizer, depth, stage_dir, seq_len):
+    """A random-weight model of `depth` saved as a training stage saves it, with its tokenizer."""
     from dataclasses import asdict
 
     import torch
 
     from nanochat.checkpoint_manager import save_checkpoint
     from nanochat.gpt import GPT, config_for_depth
-    from nanochat.tokenizer import RustBPETokenizer, save_token_bytes
+    from nanochat.tokenizer import save_token_bytes
+    tokenizer.save(os.path.join(base_dir, "tokenizer"))
+    save_token_bytes(tokenizer, os.path.join(base_dir, "tokenizer"))
+    torch.manual_seed(0)
+    config = config_for_depth(depth, seq_len, tokenizer.get_vocab_size())
+    model = GPT(config)
+    model.init_weights()
+    save_checkpoint(os.path.join(base_dir, stage_dir, f"d{depth}"), 1, model.state_dict(), None,
+                    {"step": 1, "model_config": asdict(config)})
+
+
+def write_random_d4(base_dir, vocab_size=8192):
+    """A random d4 'base' checkpoint with a tokenizer of `vocab_size` trained on this repository's text."""
+    from nanochat.tokenizer import RustBPETokenizer
 
     def texts():
         for root, _, files in os.walk(REPO):
@@ -120,15 +133,8 @@ def write_random_d4(base_dir, vocab_size=8192):
                     with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
                         yield f.read()
 
-    tokenizer = RustBPETokenizer.train_from_iterator(texts(), vocab_size)
-    tokenizer.save(os.path.join(base_dir, "tokenizer"))
-    save_token_bytes(tokenizer, os.path.join(base_dir, "tokenizer"))
-    torch.manual_seed(0)
-    config = config_for_depth(4, 512, tokenizer.get_vocab_size())
-    model = GPT(config)
-    model.init_weights()
-    save_checkpoint(os.path.join(base_dir, "base_checkpoints", "d4"), 1, model.state_dict(), None,
-                    {"step": 1, "model_config": asdict(config)})
+    save_random_checkpoint(base_dir, RustBPETokenizer.train_from_iterator(texts(), vocab_size), 4,
+                           "base_checkpoints", 512)
 
 
 def start_server(base_dir, port, max_batch_rows, max_queue):

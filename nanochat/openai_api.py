@@ -60,45 +60,37 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """The fields both completion routes share."""
     model_config = ConfigDict(extra="allow")  # unknown OpenAI parameters are ignored
     model: str | None = None
-    messages: list[Message]
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     n: int | None = None
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    logprobs: StrictBool | None = None
-    top_logprobs: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[Message]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
     max_tokens: int | None = 16  # OpenAI's default for completions
-    n: int | None = None
-    stream: StrictBool | None = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
     logprobs: int | None = None
     echo: StrictBool | None = False
     suffix: str | None = None
     best_of: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
 
 
 def message_text(index, message):
