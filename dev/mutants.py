@@ -78,6 +78,15 @@ MUTANTS = [
     Mutant("sandbox-unshare-network", "nanochat/execution.py",
            '"--mount", "--net", "--pid",', '"--mount", "--pid",',
            ("tests/test_execution.py",)),
+    Mutant("serving-row-packing", "nanochat/serving.py",
+           "                self.cache.move_row(last, i)\n", "",
+           ("tests/test_serving_batching.py::test_greedy_reply_is_the_same_alone_and_batched",)),
+    Mutant("serving-stop-holdback", "nanochat/serving.py",
+           "        keep = max((k for s", "        keep = 0 and max((k for s",
+           ("tests/test_serving_batching.py::test_stop_string_across_token_boundaries",)),
+    Mutant("serving-prompt-logprob-shift", "nanochat/serving.py",
+           "logits[:-1].float()", "logits[1:].float()",
+           ("tests/test_serving_batching.py::test_completions_echo_scores_the_prompt_like_a_forward_pass",)),
 ]
 
 
