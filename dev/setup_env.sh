@@ -8,10 +8,10 @@
 _nanochat_extra="${1:-cpu}"
 _nanochat_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+export PATH="$HOME/.local/bin:$PATH"  # where a user install of uv lands
 if ! command -v uv >/dev/null 2>&1; then
     echo "[setup] uv not found: installing it with pip"
     python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
-    export PATH="$HOME/.local/bin:$PATH"
 fi
 if ! command -v uv >/dev/null 2>&1; then
     echo "[setup] could not install uv; see https://docs.astral.sh/uv/ and re-run" >&2
