@@ -67,6 +67,83 @@ DEFAULTS = dict(
     model_tag="",  # checkpoint dir name; default d<depth>
     compile=None,  # torch.compile the model: None = on CUDA only, True/False to force
 )
+SECTION = "Base model training"
+
+
+def build_model(cfg, vocab_size, device, device_type):
+    """(model config, the uncompiled model, the model to train). Allocated on the meta device first, so
+    the parameters are materialised once, on the real device."""
+    model_config = config_for_depth(cfg.depth, cfg.max_seq_len, vocab_size)
+    print0(f"num_layers: {model_config.n_layer}, model_dim: {model_config.n_embd}, "
+           f"num_heads: {model_config.n_head}, num_kv_heads: {model_config.n_kv_head}")
+    with torch.device("meta"):
+        model = GPT(model_config)
+    model.to_empty(device=device)
+    model.init_weights()
+    return model_config, model, compile_model(model, device_type, cfg.compile)
+
+
+def plan_horizon(cfg, n_params, flops_per_token):
+    """Number of optimizer steps, from num_iterations, target_flops or the tokens:params ratio."""
+    num_iterations = training_horizon(cfg.num_iterations, cfg.target_flops, cfg.target_param_data_ratio,
+                                      n_params, flops_per_token, cfg.total_batch_size)
+    total_tokens = cfg.total_batch_size * num_iterations
+    print0(f"Number of iterations: {num_iterations:,}")
+    print0(f"Total number of training tokens: {total_tokens:,}")
+    print0(f"Tokens : Params ratio: {total_tokens / n_params:.2f}")
+    print0(f"Total training FLOPs estimate: {flops_per_token * total_tokens:e}")
+    return num_iterations
+
+
+def resume(cfg, checkpoint_dir, model_config, model, optimizers, loss_tracker, device, rank, world_size):
+    """Restore model, this rank's optimizer shards and RNG from checkpoint cfg.resume_from_step;
+    returns (step, this rank's loader position, val_bpb, min_val_bpb, total training time)."""
+    print0(f"Resuming from step {cfg.resume_from_step} of {checkpoint_dir}")
+    meta = load_training_checkpoint(checkpoint_dir, cfg.resume_from_step, model, optimizers, device, rank)
+    if meta["model_config"] != model_config.__dict__:
+        raise ValueError(f"checkpoint model config {meta['model_config']} does not match this run's "
+                         f"{model_config.__dict__}; resume with the same depth/max_seq_len/tokenizer")
+    # every rank resumes its own loader position (the original's checkpoints hold rank 0's only)
+    rank_states = meta.get("dataloader_state_dicts")
+    own_states = rank_states and len(rank_states) == world_size
+    loader_state = rank_states[rank] if own_states else meta["dataloader_state_dict"]
+    loop_state = meta["loop_state"]
+    loss_tracker.ema = loop_state["smooth_train_loss"]
+    return (meta["step"], loader_state, meta.get("val_bpb"), loop_state["min_val_bpb"],
+            loop_state["total_training_time"])
+
+
+def checkpoint_meta(cfg, step, val_bpb, model_config, user_config, rank_states, loop_state):
+    return {
+        "step": step,
+        "val_bpb": val_bpb,
+        "model_config": model_config.__dict__,
+        "user_config": user_config,
+        "device_batch_size": cfg.device_batch_size,
+        "max_seq_len": cfg.max_seq_len,
+        "dataloader_state_dict": rank_states[0],  # the original's key (rank 0), so its tools can resume
+        "dataloader_state_dicts": rank_states,
+        "loop_state": loop_state,
+    }
+
+
+def write_report(report, cfg, user_config, n_params, flops_per_token, num_iterations, world_size, summary):
+    total_tokens = cfg.total_batch_size * num_iterations
+    report.log(section=SECTION, data=[
+        user_config,
+        {
+            "Number of parameters": n_params,
+            "Number of FLOPs per token": f"{flops_per_token:e}",
+            "Calculated number of iterations": num_iterations,
+            "Number of training tokens": total_tokens,
+            "Tokens : Params ratio": total_tokens / n_params,
+            "DDP world size": world_size,
+            "warmup_ratio": cfg.warmup_ratio,
+            "warmdown_ratio": cfg.warmdown_ratio,
+            "final_lr_frac": cfg.final_lr_frac,
+        },
+        summary,
+    ])
 
 
 def main(argv=None):
@@ -85,57 +162,26 @@ def main(argv=None):
     vocab_size = tokenizer.get_vocab_size()
     print0(f"Vocab size: {vocab_size:,}")
 
-    # model shape and batch arithmetic
-    model_config = config_for_depth(cfg.depth, cfg.max_seq_len, vocab_size)
-    print0(f"num_layers: {model_config.n_layer}, model_dim: {model_config.n_embd}, "
-           f"num_heads: {model_config.n_head}, num_kv_heads: {model_config.n_kv_head}")
     tokens_per_fwdbwd = cfg.device_batch_size * cfg.max_seq_len
     accum_steps = grad_accum_steps(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, world_size)
     print0(f"Tokens / micro-batch / rank: {cfg.device_batch_size} x {cfg.max_seq_len} = {tokens_per_fwdbwd:,}")
     print0(f"Total batch size {cfg.total_batch_size:,} => gradient accumulation steps: {accum_steps}")
-
-    # model: allocate on the meta device, then materialize and initialize on the real one
-    with torch.device("meta"):
-        model = GPT(model_config)
-    model.to_empty(device=device)
-    model.init_weights()
-    orig_model = model  # saved, evaluated and sampled uncompiled
-    model = compile_model(model, device_type, cfg.compile)
+    # orig_model is what gets saved, evaluated and sampled: the compiled one is specialised to the
+    # training shapes and would recompile for every other batch shape
+    model_config, orig_model, model = build_model(cfg, vocab_size, device, device_type)
     n_params = num_params(orig_model)
     flops_per_token = orig_model.estimate_flops()
     print0(f"Number of parameters: {n_params:,}")
     print0(f"Estimated FLOPs per token: {flops_per_token:e}")
-
-    num_iterations = training_horizon(cfg.num_iterations, cfg.target_flops, cfg.target_param_data_ratio,
-                                      n_params, flops_per_token, cfg.total_batch_size)
-    total_tokens = cfg.total_batch_size * num_iterations
-    print0(f"Number of iterations: {num_iterations:,}")
-    print0(f"Total number of training tokens: {total_tokens:,}")
-    print0(f"Tokens : Params ratio: {total_tokens / n_params:.2f}")
-    print0(f"Total training FLOPs estimate: {flops_per_token * total_tokens:e}")
-
+    num_iterations = plan_horizon(cfg, n_params, flops_per_token)
     optimizers = setup_optimizers(orig_model, cfg)
 
-    # resume: model, this rank's optimizer shards, RNG, loader position and loop state
     checkpoint_dir = os.path.join(get_base_dir(), "base_checkpoints", cfg.model_tag or f"d{cfg.depth}")
-    start_step, loader_state = 0, None
-    min_val_bpb, val_bpb, total_training_time = float("inf"), None, 0.0
+    start_step, loader_state, val_bpb, min_val_bpb, total_training_time = 0, None, None, float("inf"), 0.0
     loss_tracker = LossTracker()
     if cfg.resume_from_step >= 0:
-        print0(f"Resuming from step {cfg.resume_from_step} of {checkpoint_dir}")
-        meta = load_training_checkpoint(checkpoint_dir, cfg.resume_from_step, orig_model, optimizers, device, rank)
-        if meta["model_config"] != model_config.__dict__:
-            raise ValueError(f"checkpoint model config {meta['model_config']} does not match this run's "
-                             f"{model_config.__dict__}; resume with the same depth/max_seq_len/tokenizer")
-        start_step, val_bpb = meta["step"], meta.get("val_bpb")
-        # every rank resumes its own loader position (the original's checkpoints hold rank 0's only)
-        rank_states = meta.get("dataloader_state_dicts")
-        own_states = rank_states and len(rank_states) == world_size
-        loader_state = rank_states[rank] if own_states else meta["dataloader_state_dict"]
-        loop_state = meta["loop_state"]
-        min_val_bpb = loop_state["min_val_bpb"]
-        loss_tracker.ema = loop_state["smooth_train_loss"]
-        total_training_time = loop_state["total_training_time"]
+        start_step, loader_state, val_bpb, min_val_bpb, total_training_time = resume(
+            cfg, checkpoint_dir, model_config, orig_model, optimizers, loss_tracker, device, rank, world_size)
 
     # data: the train stream resumes where the checkpoint left it; val restarts at every evaluation
     train_loader = dataloader.tokenizing_distributed_data_loader_with_state(
@@ -144,7 +190,6 @@ def main(argv=None):
     eval_steps = max(1, cfg.eval_tokens // (tokens_per_fwdbwd * world_size))
 
     report = get_report()
-    results = {"losses": {}, "val_bpb": {}}
     core_metric = None
     step = start_step
     while True:
@@ -159,11 +204,10 @@ def main(argv=None):
                 val_bpb = evaluate_bpb(model, val_loader, eval_steps, token_bytes)
             model.train()
             min_val_bpb = min(min_val_bpb, val_bpb)
-            results["val_bpb"][step] = val_bpb
             print0(f"Step {step:05d} | Validation bpb: {val_bpb:.4f}")
             wandb_run.log({"step": step, "total_training_flops": flops_so_far,
                            "total_training_time": total_training_time, "val/bpb": val_bpb})
-            report.log_metrics("Base model training", step, val_bpb=val_bpb)
+            report.log_metrics(SECTION, step, val_bpb=val_bpb)
 
         if cfg.core_metric_every > 0 and is_due(step, cfg.core_metric_every, last_step, skip_first=True):
             from scripts.base_eval import evaluate_model
@@ -176,7 +220,7 @@ def main(argv=None):
             print0(f"Step {step:05d} | CORE metric: {core_metric:.4f}")
             wandb_run.log({"step": step, "total_training_flops": flops_so_far, "core_metric": core_metric,
                            "centered_results": core_results["centered_results"]})
-            report.log_metrics("Base model training", step, core_metric=core_metric)
+            report.log_metrics(SECTION, step, core_metric=core_metric)
 
         if master_process and is_due(step, cfg.sample_every, last_step, skip_first=True):
             orig_model.eval()
@@ -187,24 +231,17 @@ def main(argv=None):
 
         if last_step or (step != cfg.resume_from_step and is_due(step, cfg.save_every, skip_first=True)):
             rank_states = gather_loader_states(loader_state)  # collective: every rank takes part
-            meta = {
-                "step": step,
-                "val_bpb": val_bpb,
-                "model_config": model_config.__dict__,
-                "user_config": user_config,
-                "device_batch_size": cfg.device_batch_size,
-                "max_seq_len": cfg.max_seq_len,
-                "dataloader_state_dict": rank_states[0],  # the original's key (rank 0), so its tools can resume
-                "dataloader_state_dicts": rank_states,
-                "loop_state": {"min_val_bpb": min_val_bpb, "smooth_train_loss": loss_tracker.ema,
-                               "total_training_time": total_training_time},
-            }
+            loop_state = {"min_val_bpb": min_val_bpb, "smooth_train_loss": loss_tracker.ema,
+                          "total_training_time": total_training_time}
+            meta = checkpoint_meta(cfg, step, val_bpb, model_config, user_config, rank_states, loop_state)
             save_training_checkpoint(checkpoint_dir, step, orig_model, optimizers, meta, rank=rank)
 
         if last_step:
             break
 
-        # one optimizer step: accumulate gradients over micro-batches
+        # one optimizer step over accum_steps micro-batches. backward() adds gradients up, so each
+        # micro-batch's mean loss is divided by accum_steps: the step then follows the mean over the
+        # whole batch, the same gradient as one big batch of total_batch_size tokens
         synchronize(device_type)
         t0 = time.time()
         for _ in range(accum_steps):
@@ -225,17 +262,14 @@ def main(argv=None):
         synchronize(device_type)
         dt = time.time() - t0
 
-        # logging
-        train_loss = train_loss.item()
-        results["losses"][step] = train_loss
-        smooth_loss = loss_tracker.update(train_loss, step)
+        smooth_loss = loss_tracker.update(train_loss.item(), step)
         tok_per_sec = cfg.total_batch_size / dt
         mfu = mfu_percent(flops_per_token, tok_per_sec, world_size, device_type)
         if step > 10:
             total_training_time += dt  # the first steps include compilation and warm-up
         print0(format_log_line(step, num_iterations, smooth_loss, dt, cfg.total_batch_size, lrm=lrm,
                                grad_norm=grad_norm, mfu=mfu, total_time=total_training_time))
-        report.log_metrics("Base model training", step, train_loss=smooth_loss, lrm=lrm)
+        report.log_metrics(SECTION, step, train_loss=smooth_loss, lrm=lrm)
         if step % 100 == 0:
             log = {"step": step, "total_training_flops": flops_so_far, "total_training_time": total_training_time,
                    "train/loss": smooth_loss, "train/lrm": lrm, "train/dt": dt, "train/tok_per_sec": tok_per_sec,
@@ -251,33 +285,17 @@ def main(argv=None):
     print0(f"Minimum validation bpb: {min_val_bpb:.4f}")
     final_mfu = mfu_percent(flops_per_token, cfg.total_batch_size / dt, world_size, device_type) \
         if num_iterations > start_step else None
-    report.log(section="Base model training", data=[
-        user_config,
-        {
-            "Number of parameters": n_params,
-            "Number of FLOPs per token": f"{flops_per_token:e}",
-            "Calculated number of iterations": num_iterations,
-            "Number of training tokens": total_tokens,
-            "Tokens : Params ratio": cfg.total_batch_size * num_iterations / n_params,
-            "DDP world size": world_size,
-            "warmup_ratio": cfg.warmup_ratio,
-            "warmdown_ratio": cfg.warmdown_ratio,
-            "final_lr_frac": cfg.final_lr_frac,
-        },
-        {
-            "Minimum validation bpb": min_val_bpb,
-            "Final validation bpb": val_bpb,
-            "CORE metric estimate": core_metric,
-            "MFU %": f"{final_mfu:.2f}%" if final_mfu is not None else "n/a",
-            "Total training flops": f"{flops_per_token * total_tokens:e}",
-            "Total training time": f"{total_training_time / 60:.2f}m",
-            "Peak memory usage": f"{peak_mib:.2f}MiB",
-        },
-    ])
+    write_report(report, cfg, user_config, n_params, flops_per_token, num_iterations, world_size, {
+        "Minimum validation bpb": min_val_bpb,
+        "Final validation bpb": val_bpb,
+        "CORE metric estimate": core_metric,
+        "MFU %": f"{final_mfu:.2f}%" if final_mfu is not None else "n/a",
+        "Total training flops": f"{flops_per_token * cfg.total_batch_size * num_iterations:e}",
+        "Total training time": f"{total_training_time / 60:.2f}m",
+        "Peak memory usage": f"{peak_mib:.2f}MiB",
+    })
     wandb_run.finish()
     compute_cleanup()
-    results.update(model=orig_model, num_iterations=num_iterations, checkpoint_dir=checkpoint_dir)
-    return results
 
 
 if __name__ == "__main__":

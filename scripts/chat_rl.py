@@ -78,7 +78,7 @@ def pass_at_k(records, k_max, device):
     return {f"pass@{k}": counts[k - 1] / total for k in range(1, k_max + 1)}
 
 
-def main(argv=None, train_task=None, val_task=None):
+def main(argv=None):
     cfg = configure(DEFAULTS, argv)
     user_config = cfg.user_config()
     print_banner()
@@ -88,9 +88,8 @@ def main(argv=None, train_task=None, val_task=None):
     wandb_run = init_wandb(cfg.run, user_config, rank == 0, project="nanochat-rl")
     model, tokenizer, _ = load_model(cfg.source, device, phase="eval", model_tag=cfg.model_tag, step=cfg.step)
     engine = Engine(model, tokenizer)
-    if train_task is None or val_task is None:
-        from tasks.gsm8k import GSM8K
-        train_task, val_task = GSM8K("main", "train"), GSM8K("main", "test")
+    from tasks.gsm8k import GSM8K
+    train_task, val_task = GSM8K("main", "train"), GSM8K("main", "test")
 
     if cfg.examples_per_step % world_size != 0:
         raise ValueError(f"examples_per_step={cfg.examples_per_step} must be divisible by the {world_size} ranks")
@@ -110,7 +109,6 @@ def main(argv=None, train_task=None, val_task=None):
     checkpoint_dir = os.path.join(get_base_dir(), "chatrl_checkpoints", f"d{model.config.n_layer}")
     examples = itertools.cycle(range(rank, len(train_task), world_size))  # this rank's questions, forever
     report = get_report()
-    results = {"rewards": {}, "pass@k": {}}
     for step in range(num_steps):
         if is_due(step, cfg.eval_every, step == num_steps - 1):
             model.eval()
@@ -119,7 +117,6 @@ def main(argv=None, train_task=None, val_task=None):
                                          num_samples=cfg.device_batch_size, max_completion_tokens=cfg.max_new_tokens,
                                          temperature=1.0, top_k=cfg.top_k)
                 passk = pass_at_k(records, cfg.device_batch_size, device)
-            results["pass@k"][step] = passk
             print0(f"Step {step} | " + ", ".join(f"{k}: {v:.4f}" for k, v in passk.items()))
             wandb_run.log({"step": step, **passk})
 
@@ -148,7 +145,6 @@ def main(argv=None, train_task=None, val_task=None):
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
-        results["rewards"][step] = mean_reward
         print0(f"Step {step}/{num_steps} | Average reward: {mean_reward:.4f} | "
                f"Average sequence length: {mean_length:.2f} | lrm: {lrm:.4f}")
         wandb_run.log({"step": step, "reward": mean_reward, "sequence_length": mean_length, "lrm": lrm})
@@ -161,8 +157,6 @@ def main(argv=None, train_task=None, val_task=None):
     report.log(section=SECTION, data=[user_config])
     wandb_run.finish()
     compute_cleanup()
-    results.update(model=model, checkpoint_dir=checkpoint_dir, num_steps=num_steps)
-    return results
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def chat_metrics(model, tokenizer, max_problems, batch_size):
             for key, task in (("mmlu_acc", "MMLU"), ("arc_easy_acc", "ARC-Easy"))}
 
 
-def main(argv=None, tasks_fn=build_tasks):
+def main(argv=None):
     cfg = configure(DEFAULTS, argv)
     user_config = cfg.user_config()
     print_banner()
@@ -90,7 +90,7 @@ def main(argv=None, tasks_fn=build_tasks):
     model, tokenizer, _ = load_model(cfg.source, device, phase="train", model_tag=cfg.model_tag, step=cfg.step)
     # not compiled: every batch has a different width
 
-    train_named, val_named = tasks_fn()
+    train_named, val_named = build_tasks()
     train_ds, val_ds = TaskMixture(nonempty_tasks(train_named, "train")), TaskMixture(nonempty_tasks(val_named, "val"))
     examples_per_pass = cfg.device_batch_size * world_size
     if cfg.target_examples_per_step % examples_per_pass != 0:
@@ -121,7 +121,6 @@ def main(argv=None, tasks_fn=build_tasks):
 
     train_loader = padded(train_ds, loader_state, "sft train")
     report = get_report()
-    results = {"losses": {}, "val_loss": {}}
     train_loss = None
     for step in range(start_step, num_iterations + 1):
         last_step = step == num_iterations  # evaluate and save; no update
@@ -138,7 +137,6 @@ def main(argv=None, tasks_fn=build_tasks):
             loss_sum, num_tokens = sum_across_ranks([loss_sum, num_tokens], device)
             metrics["val_loss"] = loss_sum / max(num_tokens, 1)
             model.train()
-            results["val_loss"][step] = metrics["val_loss"]
             print0(f"Step {step:05d} | Validation loss: {metrics['val_loss']:.6f}")
             wandb_run.log({"step": step, "val_loss": metrics["val_loss"]})
             report.log_metrics(SECTION, step, val_loss=metrics["val_loss"])
@@ -178,7 +176,6 @@ def main(argv=None, tasks_fn=build_tasks):
             opt.step()
         model.zero_grad(set_to_none=True)
 
-        results["losses"][step] = train_loss
         print0(f"Step {step:05d}/{num_iterations:05d} | Training loss: {train_loss:.6f} | lrm: {lrm:.6f} "
                f"| num_tokens: {num_tokens:,}")
         wandb_run.log({"step": step, "lrm": lrm, "train_loss": train_loss, "num_tokens": num_tokens})
@@ -191,8 +188,6 @@ def main(argv=None, tasks_fn=build_tasks):
     ])
     wandb_run.finish()
     compute_cleanup()
-    results.update(model=model, num_iterations=num_iterations, checkpoint_dir=checkpoint_dir, **metrics)
-    return results
 
 
 if __name__ == "__main__":

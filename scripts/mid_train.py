@@ -79,7 +79,7 @@ def build_tasks():
     return train, val
 
 
-def main(argv=None, tasks_fn=build_tasks):
+def main(argv=None):
     cfg = configure(DEFAULTS, argv)
     user_config = cfg.user_config()
     print_banner()
@@ -102,7 +102,7 @@ def main(argv=None, tasks_fn=build_tasks):
     token_bytes = get_token_bytes(device=device)
     optimizers = setup_optimizers(orig_model, cfg, init_lr_frac=cfg.init_lr_frac)
 
-    train_named, val_named = tasks_fn()
+    train_named, val_named = build_tasks()
     train_ds, val_ds = TaskMixture(nonempty_tasks(train_named, "train")), TaskMixture(nonempty_tasks(val_named, "val"))
 
     # resume: model, optimizer shards, RNG, every rank's data position, loop state
@@ -126,7 +126,6 @@ def main(argv=None, tasks_fn=build_tasks):
     x, y = next(train_loader)
     eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world_size))
     report = get_report()
-    results = {"losses": {}, "val_bpb": {}}
     dt = 0.0
     while True:
         done = train_loader.last_step or (cfg.num_iterations > 0 and step >= cfg.num_iterations)
@@ -140,7 +139,6 @@ def main(argv=None, tasks_fn=build_tasks):
                                        eval_steps, token_bytes)
             model.train()
             min_val_bpb = min(min_val_bpb, val_bpb)
-            results["val_bpb"][step] = val_bpb
             print0(f"Step {step:05d} | Validation bpb: {val_bpb:.4f}")
             wandb_run.log({"step": step, "val/bpb": val_bpb})
             report.log_metrics(SECTION, step, val_bpb=val_bpb)
@@ -175,7 +173,6 @@ def main(argv=None, tasks_fn=build_tasks):
         synchronize(device_type)
         dt = time.time() - t0
 
-        results["losses"][step] = train_loss.item()
         smooth_loss = loss_tracker.update(train_loss.item(), step)
         step += 1
         if step > 10:
@@ -201,8 +198,6 @@ def main(argv=None, tasks_fn=build_tasks):
         ])
     wandb_run.finish()
     compute_cleanup()
-    results.update(model=orig_model, num_iterations=step, checkpoint_dir=checkpoint_dir)
-    return results
 
 
 if __name__ == "__main__":

@@ -73,3 +73,17 @@ def run_stage(module, args, base_dir, nproc=1, timeout=900):
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return out.stdout
+
+
+def metric_runs(base_dir, stage_slug, key):
+    """The report's curve `key` of a stage (report/metrics/<slug>.jsonl), split into one {step: value}
+    per run: every run appends to the file and its first point restarts the steps."""
+    runs = []
+    with open(os.path.join(base_dir, "report", "metrics", f"{stage_slug}.jsonl")) as f:
+        for record in map(json.loads, f):
+            if key not in record:
+                continue
+            if not runs or record["step"] <= max(runs[-1]):
+                runs.append({})
+            runs[-1][record["step"]] = record[key]
+    return runs

@@ -51,28 +51,28 @@ TINY = ["--device_type=cpu", "--depth=2", "--max_seq_len=64", "--device_batch_si
         "--eval_tokens=256", "--core_metric_every=-1", "--sample_every=-1"]
 
 
-def params_of(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def test_exact_resume_is_bit_identical(train_env, tmp_path, monkeypatch):
     from scripts.base_train import main
-    full = main(TINY + ["--num_iterations=12", "--save_every=6", "--eval_every=6"])
-    assert full["losses"][11] < full["losses"][0] - 0.5  # it learns
-    ck = full["checkpoint_dir"]
+    from stage_setup import metric_runs, read_checkpoint
+    main(TINY + ["--num_iterations=12", "--save_every=6", "--eval_every=6"])
+    ck = os.path.join(train_env, "base_checkpoints", "d2")
     assert os.path.exists(os.path.join(ck, "model_000006.pt"))
     assert os.path.exists(os.path.join(ck, "optim_000012_rank0.pt"))
+    [full] = metric_runs(train_env, "base-model-training", "train_loss")
+    assert full[11] < full[0] - 0.5  # it learns
 
     # a run that was killed after checkpoint 6: a fresh base dir holding only that checkpoint
     killed = tmp_path / "killed"
     shutil.copytree(train_env, killed, ignore=shutil.ignore_patterns("*_000012*", "report"))
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(killed))
-    resumed = main(TINY + ["--num_iterations=12", "--save_every=6", "--eval_every=6", "--resume_from_step=6"])
-    assert sorted(resumed["losses"]) == list(range(6, 12))
+    main(TINY + ["--num_iterations=12", "--save_every=6", "--eval_every=6", "--resume_from_step=6"])
+    [resumed] = metric_runs(str(killed), "base-model-training", "train_loss")
+    assert sorted(resumed) == list(range(6, 12))
     for step in range(6, 12):
-        assert resumed["losses"][step] == full["losses"][step], step  # bit for bit
-    assert resumed["val_bpb"][12] == full["val_bpb"][12]
-    a, b = params_of(full["model"]), params_of(resumed["model"])
+        assert resumed[step] == full[step], step  # bit for bit
+    a, meta_a = read_checkpoint(train_env, "base_checkpoints", "d2", 12)
+    b, meta_b = read_checkpoint(str(killed), "base_checkpoints", "d2", 12)
+    assert meta_b["val_bpb"] == meta_a["val_bpb"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -94,11 +94,13 @@ def test_bad_batch_and_depth_settings_explain_themselves(train_env):
 def test_base_loss_reports_train_and_val_bpb(train_env):
     from scripts.base_loss import main as base_loss
     from scripts.base_train import main as base_train
-    trained = base_train(TINY + ["--num_iterations=4"])
+    from stage_setup import read_checkpoint
+    base_train(TINY + ["--num_iterations=4"])
+    _, trained = read_checkpoint(train_env, "base_checkpoints", "d2", 4)
     out = base_loss(["--device_type=cpu", "--device_batch_size=2", "--split_tokens=256"])
     assert set(out["bpb"]) == {"train", "val"}
     assert 0 < out["bpb"]["val"] < 10
-    assert out["bpb"]["val"] == pytest.approx(trained["val_bpb"][4], rel=1e-5)  # same model, same val data
+    assert out["bpb"]["val"] == pytest.approx(trained["val_bpb"], rel=1e-5)  # same model, same val data
     assert len(out["samples"]) == 7
     with open(os.path.join(train_env, "report", "base-model-loss.md")) as f:
         assert "val bpb" in f.read()
@@ -157,7 +159,10 @@ def test_two_gloo_ranks_resume_exactly(train_env):
 
 def test_torch_compile_on_cpu_matches_eager(train_env):
     from scripts.base_train import main
-    eager = main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=eager"])
-    compiled = main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=compiled", "--compile=True"])
+    from stage_setup import metric_runs
+    main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=eager"])
+    main(TINY + ["--num_iterations=3", "--eval_every=-1", "--model_tag=compiled", "--compile=True"])
+    eager, compiled = metric_runs(train_env, "base-model-training", "train_loss")
+    assert sorted(compiled) == [0, 1, 2]
     for step in range(3):
-        assert compiled["losses"][step] == pytest.approx(eager["losses"][step], rel=1e-3)
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-3)

@@ -38,43 +38,19 @@ def test_policy_gradient_raises_a_toy_reward(byte_tokenizer):
     assert sum(mean_rewards[-2:]) / 2 > sum(mean_rewards[:2]) / 2 + 0.2, mean_rewards
 
 
-class ToyMath:
-    """A GSM8K-shaped task: reward 1 when the completion contains the right answer."""
+def test_chat_rl_script_runs_on_cpu(data_pack, base_dir, byte_tokenizer, capsys):
+    """The stage on the data pack's GSM8K: pass@k at its interval, a reward per step, the last checkpoint."""
+    import re
 
-    def __init__(self, n):
-        self.rows = [{"messages": [{"role": "user", "content": f"{i}+1?"},
-                                   {"role": "assistant", "content": f"#### {i + 1}"}]} for i in range(n)]
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-    def evaluate(self, conversation, text):
-        return int(conversation["messages"][-1]["content"].split()[-1] in text)
-
-    def reward(self, conversation, text):
-        return float(self.evaluate(conversation, text))
-
-
-def test_chat_rl_script_runs_on_cpu(base_dir, byte_tokenizer):
-    from nanochat.checkpoint_manager import save_checkpoint
-    from nanochat.tokenizer import save_token_bytes
     from scripts import chat_rl
-    tok_dir = os.path.join(base_dir, "tokenizer")
-    byte_tokenizer.save(tok_dir)
-    save_token_bytes(byte_tokenizer, tok_dir)
-    config = GPTConfig(sequence_len=32, vocab_size=265, n_layer=1, n_head=2, n_kv_head=2, n_embd=32)
-    model = GPT(config)
-    model.init_weights()
-    save_checkpoint(os.path.join(base_dir, "chatsft_checkpoints", "d1"), 3, model.state_dict(), None,
-                    {"model_config": config.__dict__})
-    out = chat_rl.main(["--device_type=cpu", "--num_steps=3", "--examples_per_step=2", "--num_samples=4",
-                        "--device_batch_size=2", "--max_new_tokens=6", "--eval_every=2", "--eval_examples=3"],
-                       train_task=ToyMath(10), val_task=ToyMath(5))
-    assert sorted(out["rewards"]) == [0, 1, 2]
-    assert sorted(out["pass@k"]) == [0, 2] and set(out["pass@k"][0]) == {"pass@1", "pass@2"}
+    from stage_setup import metric_runs, save_model_checkpoint
+    save_model_checkpoint(base_dir, "chatsft_checkpoints", byte_tokenizer, seq_len=256, step=3)
+    chat_rl.main(["--device_type=cpu", "--num_steps=3", "--examples_per_step=2", "--num_samples=4",
+                  "--device_batch_size=2", "--max_new_tokens=6", "--eval_every=2", "--eval_examples=3"])
+    log = capsys.readouterr().out
+    assert [int(s) for s in re.findall(r"^Step (\d+) \| pass@1: [0-9.]+, pass@2: [0-9.]+$", log, re.M)] == [0, 2]
+    [rewards] = metric_runs(base_dir, "chat-rl", "reward")
+    assert sorted(rewards) == [0, 1, 2] and all(0.0 <= r <= 1.0 for r in rewards.values())
     assert os.path.exists(os.path.join(base_dir, "chatrl_checkpoints", "d1", "model_000002.pt"))
     assert os.path.exists(os.path.join(base_dir, "report", "chat-rl.md"))
 
