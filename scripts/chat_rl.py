@@ -134,6 +134,11 @@ def main(argv=None):
             lengths.extend(len(s) for s in batch["sequences"])
             for start in range(0, cfg.num_samples, cfg.device_batch_size):
                 rows = slice(start, start + cfg.device_batch_size)
+                # Fully on-policy (one update per batch of fresh samples), so the ratio to the sampling
+                # policy is 1: no importance ratio, no clipping, and no KL to a reference is needed.
+                # The targets mask the prompt and the calculator's forced output tokens (the model did
+                # not choose them); the normalizer averages over every pass of the step, like
+                # dividing by the accumulation steps in pretraining.
                 with autocast_ctx:
                     inputs, targets = batch["inputs"][rows].to(device), batch["targets"][rows].to(device)
                     loss = policy_gradient_loss(model, inputs, targets, batch["advantages"][rows],
