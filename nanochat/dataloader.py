@@ -137,9 +137,9 @@ def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads
                       "rank": rank, "world_size": world_size}
         scratch = torch.tensor(tokens, dtype=torch.long, pin_memory=use_cuda)
         inputs, targets = scratch[:-1].view(B, T), scratch[1:].view(B, T)
-        if use_cuda:
-            inputs = inputs.to(device=device, non_blocking=True)
-            targets = targets.to(device=device, non_blocking=True)
+        # any device (CUDA, MPS, ...); pinned memory makes the copy asynchronous on CUDA only
+        inputs = inputs.to(device=device, non_blocking=use_cuda)
+        targets = targets.to(device=device, non_blocking=use_cuda)
         yield inputs, targets, state_dict
 
 

@@ -172,3 +172,9 @@ def test_bad_arguments_have_clear_errors(shards, byte_tokenizer, base_dir):
         os.remove(f)
     with pytest.raises(FileNotFoundError, match="nanochat.dataset"):
         next(loader(byte_tokenizer))
+
+
+def test_batches_move_to_a_device_that_is_not_cuda(shards, byte_tokenizer):
+    # the meta device stands in for MPS or any other accelerator: batches must land on it
+    x, y, _ = next(loader(byte_tokenizer, device="meta"))
+    assert x.device.type == "meta" and y.device.type == "meta" and x.shape == y.shape == (B, T)
