@@ -15,7 +15,10 @@ import torch
 from nanochat.common import DummyWandb, autocast_context, print0  # noqa: F401  (autocast_context re-exported)
 
 
-PEAK_FLOPS_PER_GPU = 989e12  # H100 SXM dense bf16; the MFU reference
+# dense bf16 peak FLOP/s by GPU name, most specific names first (an "H100 PCIe" is also an "H100")
+PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                   ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A10G", 125e12), ("L40S", 362e12),
+                   ("L4", 121e12)]
 
 
 # -----------------------------------------------------------------------------
@@ -133,11 +136,27 @@ class LossTracker:
         return self.ema / (1 - self.beta ** (step + 1))
 
 
-def mfu_percent(flops_per_token, tokens_per_sec, world_size, device_type):
-    """Model FLOPs utilization vs 989 TFLOP/s per GPU; None off CUDA where that peak means nothing."""
+def peak_flops(device_name):
+    """The dense bf16 peak of a GPU from its name (torch.cuda.get_device_name), or None when unknown."""
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
+
+
+_unknown_peak_reported = set()
+
+
+def mfu_percent(flops_per_token, tokens_per_sec, world_size, device_type, device_name=None):
+    """Model FLOPs utilization against the GPU's own peak; None off CUDA, or for a GPU whose peak we
+    do not know (said once), rather than a figure measured against the wrong peak."""
     if device_type != "cuda":
         return None
-    return 100 * flops_per_token * tokens_per_sec / (PEAK_FLOPS_PER_GPU * world_size)
+    device_name = device_name or torch.cuda.get_device_name()
+    peak = peak_flops(device_name)
+    if peak is None:
+        if device_name not in _unknown_peak_reported:
+            _unknown_peak_reported.add(device_name)
+            print0(f"MFU unknown for {device_name}: add its bf16 peak to nanochat.training.PEAK_BF16_FLOPS")
+        return None
+    return 100 * flops_per_token * tokens_per_sec / (peak * world_size)
 
 
 def format_log_line(step, num_iterations, loss, dt, tokens_per_step, lrm=None, grad_norm=None, mfu=None,

@@ -63,7 +63,7 @@ def test_loss_tracker_is_debiased():
 
 def test_mfu_and_log_line():
     assert tr.mfu_percent(1e9, 1e5, 1, "cpu") is None
-    assert tr.mfu_percent(989e9, 1000.0, 2, "cuda") == pytest.approx(50.0)
+    assert tr.mfu_percent(989e9, 1000.0, 2, "cuda", device_name="NVIDIA H100 80GB HBM3") == pytest.approx(50.0)
     line = tr.format_log_line(5, 100, 3.25, 0.5, 1000, lrm=1.0, grad_norm=0.5, mfu=None, total_time=120)
     assert line.startswith("step 00005/00100 (5.00%) | loss: 3.250000 | grad norm: 0.5000 | lrm: 1.00")
     assert "tok/sec: 2,000" in line and "mfu: n/a" in line and "total time: 2.00m" in line
@@ -129,3 +129,18 @@ def test_training_checkpoint_restores_model_optimizers_and_rng(tmp_path):
     assert (random.random(), torch.rand(1)) == expected_rand
     assert train(model2, optimizers2, 3, seed=2) == expected_losses
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200", 989e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA B200", 2250e12)])
+def test_mfu_uses_the_peak_of_the_gpu_it_runs_on(name, peak):
+    from nanochat.training import mfu_percent
+    assert mfu_percent(1e9, peak / 1e9 / 2, 1, "cuda", device_name=name) == pytest.approx(50.0)
+
+
+def test_mfu_of_an_unknown_gpu_is_not_made_up(capsys):
+    from nanochat.training import mfu_percent
+    assert mfu_percent(1e9, 1e5, 1, "cuda", device_name="Some Future GPU") is None
+    assert "MFU unknown for Some Future GPU" in capsys.readouterr().out
+    assert mfu_percent(1e9, 1e5, 8, "cpu") is None
