@@ -26,6 +26,7 @@ nc_init
 
 nc_ensure_rust
 nc_setup_env gpu
+nc_require_cuda
 run_stage report_reset python -m nanochat.report reset
 
 nc_identity_conversations

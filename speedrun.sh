@@ -24,6 +24,7 @@ nc_init
 # Python environment (uv, .venv, dependencies) and the Rust tokenizer extension.
 nc_ensure_rust
 nc_setup_env gpu
+nc_require_cuda
 
 # A fresh report card: system info and the run's start time.
 run_stage report_reset python -m nanochat.report reset

@@ -211,6 +211,16 @@ nc_setup_env() {
     fi
 }
 
+# GPU runbooks: stop before the first stage when torch cannot use CUDA (an old NVIDIA driver for
+# the installed torch build would otherwise fall back to slow CPU processes that never finish).
+nc_require_cuda() {
+    if nc_dry_run; then
+        echo "python -c 'from nanochat.common import require_cuda; require_cuda()'"
+        return 0
+    fi
+    python -c 'from nanochat.common import require_cuda; require_cuda()' || exit 1
+}
+
 # Train the tokenizer unless one exists already (FORCE=1 retrains). Arguments go to tok_train.
 nc_train_tokenizer() {
     local tokenizer="$NANOCHAT_BASE_DIR/tokenizer/tokenizer.pkl"

@@ -275,11 +275,36 @@ def autocast_context(device_type, dtype="bfloat16"):
     return nullcontext()
 
 
+# the oldest NVIDIA driver each CUDA release of torch runs on (CUDA's minor-version compatibility)
+MIN_DRIVER_FOR_CUDA = {"13": 580, "12.8": 570, "12.6": 560, "12.4": 550}
+
+
+def cuda_unavailable_message():
+    """Why CUDA may be missing and what to do, for a machine that is meant to have a GPU."""
+    build = torch.version.cuda
+    if build is None:
+        return ("this torch is a CPU-only build: install the CUDA build of the version pinned in pyproject.toml "
+                "(bash dev/setup_env.sh gpu), or run with --device_type=cpu")
+    key = build.split(".")[0] if build.startswith("13") else ".".join(build.split(".")[:2])
+    driver = MIN_DRIVER_FOR_CUDA.get(key)
+    need = f"NVIDIA driver {driver} or newer" if driver else "a recent NVIDIA driver"
+    return (f"CUDA is not available to this torch, built for CUDA {build}, which needs {need}. Check the driver "
+            f"with `nvidia-smi`; on an older driver, install the same torch version built for an older CUDA "
+            f"(for example from PyTorch's cu126 wheel index: `uv pip install torch=={torch.__version__.split('+')[0]} "
+            f"--index-url <that index>`), or run with --device_type=cpu")
+
+
+def require_cuda():
+    """Stop with cuda_unavailable_message() unless CUDA works (the GPU runbooks call it before any stage)."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"nanochat: {cuda_unavailable_message()}")
+
+
 def compute_init(device_type="cuda"):
     """Seed, pick the device and, under torchrun, join the process group (NCCL on CUDA, gloo on CPU)."""
     assert device_type in ("cuda", "mps", "cpu"), f"unknown device type {device_type!r}"
     if device_type == "cuda":
-        assert torch.cuda.is_available(), "device_type=cuda but CUDA is not available; use --device_type=cpu"
+        require_cuda()
     if device_type == "mps":
         assert torch.backends.mps.is_available(), "device_type=mps but MPS is not available; use --device_type=cpu"
 

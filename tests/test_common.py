@@ -88,3 +88,18 @@ def test_host_reachable_gives_up_on_a_silent_host():
         listening.bind(("127.0.0.1", 0))
         listening.listen(1)
         assert common.host_reachable(f"http://127.0.0.1:{listening.getsockname()[1]}") is True
+
+
+def test_asking_for_cuda_without_it_says_what_to_do(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "scripts.base_train", "--device_type=cuda", "--depth=2"], cwd=repo,
+                            env={**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "CUDA is not available" in result.stderr and "--device_type=cpu" in result.stderr

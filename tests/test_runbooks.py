@@ -47,6 +47,7 @@ def test_speedrun_dry_run_prints_the_reference_stages(tmp_path):
     base = tmp_path / "base"
     assert dry_run("speedrun.sh", base) == [
         "source dev/setup_env.sh gpu",
+        "python -c 'from nanochat.common import require_cuda; require_cuda()'",
         "python -m nanochat.report reset",
         "python -m nanochat.dataset -n 8",
         "python -m nanochat.dataset -n 240 &",
@@ -71,7 +72,8 @@ def test_run1000_dry_run_waits_for_the_download_before_pretraining(tmp_path):
     assert commands.index("python -m nanochat.dataset -n 800 &") < commands.index("wait") \
         < commands.index(f"{TORCHRUN} -m scripts.base_train -- --depth=32 --device_batch_size=8 --run=d32")
     assert f"{TORCHRUN} -m scripts.mid_train -- --device_batch_size=8 --run=d32" in commands
-    assert commands[2].startswith("curl -L --fail -o ")  # identity conversations right after report reset
+    assert commands[1].startswith("python -c")  # the CUDA check comes before any stage
+    assert commands[3].startswith("curl -L --fail -o ")  # identity conversations right after report reset
     assert commands[-2:] == ["python -m nanochat.report generate", "python -m scripts.chat_web"]
     assert "python -m scripts.tok_train --max_chars=4000000000" in commands
 
@@ -186,3 +188,18 @@ def test_runcpu_smoke_run(tmp_path, data_pack):
     for stage in ("base_checkpoints", "mid_checkpoints", "chatsft_checkpoints"):
         assert list((base / stage).glob("*/model_*.pt")), f"no checkpoint written under {stage}"
     assert list((base / "base_eval").glob("*.csv")), "base_eval wrote no CSV"
+
+
+@pytest.mark.parametrize("script", ["speedrun.sh", "run1000.sh"])
+def test_gpu_runbooks_stop_before_any_stage_without_cuda(tmp_path, script):
+    import sys
+
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    env = clean_env(tmp_path / "base", NANOCHAT_SKIP_SETUP="1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # the python with torch
+    result = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "CUDA is not available" in result.stderr and "--device_type=cpu" in result.stderr
+    assert not (tmp_path / "base" / "report").exists()  # stopped before the first stage
