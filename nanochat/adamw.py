@@ -75,6 +75,14 @@ class DistAdamW(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(param_groups, defaults)
 
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # a checkpoint loaded onto the GPU brings its step counters there; keep them on the host,
+        # where reading them (.item(), every step) never waits for the GPU
+        for state in self.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].cpu()
+
     def _is_sharded(self, p):
         return p.size(0) % dist.get_world_size() == 0
 

@@ -50,17 +50,16 @@ def as_if_two_ranks_saved(checkpoint_dir, step):
         json.dump(meta, f)
 
 
-def test_mid_train_and_chat_sft_refuse_with_the_same_error(base_dir, byte_tokenizer):
+def test_mid_train_and_chat_sft_refuse_with_the_same_error(data_pack, base_dir, byte_tokenizer):
     import test_chat_sft
     import test_mid_train
-    test_mid_train.tiny_base(base_dir, byte_tokenizer)
-    test_mid_train.run(["--num_iterations=2", "--eval_every=-1"])
+    test_mid_train.run(base_dir, byte_tokenizer, ["--num_iterations=2", "--eval_every=-1"])
     as_if_two_ranks_saved(os.path.join(base_dir, "mid_checkpoints", "d1"), 2)
     with pytest.raises(ValueError, match=re.escape(MESSAGE.format(saved=2, now=1))):
-        test_mid_train.run(["--num_iterations=4", "--eval_every=-1", "--resume_from_step=2"])
+        test_mid_train.run(base_dir, byte_tokenizer, ["--num_iterations=4", "--eval_every=-1", "--resume_from_step=2"])
 
     test_chat_sft.tiny_mid(base_dir, byte_tokenizer)
-    test_chat_sft.run(["--num_iterations=2", "--eval_every=-1"])
+    test_chat_sft.run(["--num_iterations=2", "--eval_every=-1", "--max_seq_len=64"])
     as_if_two_ranks_saved(os.path.join(base_dir, "chatsft_checkpoints", "d1"), 2)
     with pytest.raises(ValueError, match=re.escape(MESSAGE.format(saved=2, now=1))):
-        test_chat_sft.run(["--num_iterations=4", "--eval_every=-1", "--resume_from_step=2"])
+        test_chat_sft.run(["--num_iterations=4", "--eval_every=-1", "--max_seq_len=64", "--resume_from_step=2"])
