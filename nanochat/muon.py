@@ -6,6 +6,10 @@ Used for every 2-D weight matrix inside the Transformer blocks.
 has one owner rank that receives the averaged gradient, keeps the momentum buffer, computes the
 update and broadcasts the new weights. It runs on NCCL (reduce_scatter / all_gather) and on gloo,
 which lacks reduce_scatter: there every rank all-reduces the block and keeps its own slot.
+
+Speed: matrices of the same shape are orthogonalized together, as one batch of matrix products
+(in bf16 a batched product gives each matrix the bits a single one would), and
+momentum and updates use torch's foreach kernels instead of a Python loop of small ops.
 """
 
 import math
@@ -16,22 +20,40 @@ import torch.distributed as dist
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def _newtonschulz5(G, steps):
-    """Quintic Newton-Schulz iteration in bf16; returns ~U S' V^T with S' roughly in [0.5, 1.5]."""
+def newton_schulz_dtype(device):
+    """
+    bf16 where matrix products in bf16 are native (CUDA; CPUs with AMX or AVX512-BF16), float32
+    elsewhere. Measured on 2-core CPUs, d4's 24 matrices: with AMX bf16 is 4x faster (26 vs 103 ms
+    batched); without native bf16 the emulated products are slower than float32 (241 vs 168 ms).
+    """
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _newtonschulz5(G, steps, dtype):
+    """
+    Quintic Newton-Schulz iteration on a matrix or a stack of matrices (..., m, n); returns
+    ~U S' V^T per matrix with S' roughly in [0.5, 1.5].
+    """
     assert G.ndim >= 2, f"Newton-Schulz needs a matrix, got shape {tuple(G.shape)}"
     a, b, c = NS_COEFFICIENTS
-    X = G.bfloat16()
+    single = G.ndim == 2
+    X = G.to(dtype)
+    X = X.unsqueeze(0) if single else X.reshape(-1, *G.shape[-2:])
     transposed = G.size(-2) > G.size(-1)
     if transposed:  # iterate on the wide orientation: X X^T is the smaller Gram matrix
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= 1
     for _ in range(steps):
         A = X @ X.mT
-        B = b * A + c * A @ A
-        X = a * X + B @ X
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b*A + c*A@A in one product
+        X = torch.baddbmm(X, B, X, beta=a, alpha=1)  # a*X + B@X
     if transposed:
         X = X.mT
-    return X
+    return X[0] if single else X.reshape(G.shape)
 
 
 _compiled_newtonschulz5 = None
@@ -44,33 +66,57 @@ def _compiled():
     return _compiled_newtonschulz5
 
 
-def zeropower_via_newtonschulz5(G, steps, compile=None):
+def zeropower_via_newtonschulz5(G, steps, compile=None, dtype=None):
     """
-    Orthogonalize G. `compile=None` compiles on CUDA only: CPU compilation works (it needs a C++
-    compiler) but costs many seconds of warm-up for a small gain, so there it is opt-in.
+    Orthogonalize G (a matrix or a stack of them). `compile=None` compiles on CUDA only: on CPU
+    the products dominate and compiling adds warm-up for no gain. `dtype=None` picks by device.
     """
     if compile is None:
         compile = G.is_cuda
+    if dtype is None:
+        dtype = newton_schulz_dtype(G.device)
     fn = _compiled() if compile else _newtonschulz5
-    return fn(G, steps)
+    if dtype == torch.float32 and G.ndim > 2:
+        # float32 batched products round differently from single ones (bf16 ones do not), and
+        # DistMuon orthogonalizes one matrix at a time: go matrix by matrix so both agree exactly
+        return torch.stack([fn(g, steps, dtype) for g in G])
+    return fn(G, steps, dtype)
 
 
-def _muon_update(p, grad, state, group):
-    """The Muon rule for one parameter; shared by Muon and DistMuon so both do identical math."""
-    if "momentum_buffer" not in state:
-        state["momentum_buffer"] = torch.zeros_like(grad)
-    buf = state["momentum_buffer"]
+def _muon_update(params, grads, states, group):
+    """
+    The Muon rule for same-shape parameters, batched; shared by Muon and DistMuon so both do
+    identical math. `grads` are overwritten (with the Nesterov blend).
+    """
+    for state, grad in zip(states, grads):
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(grad)
+    bufs = [state["momentum_buffer"] for state in states]
     momentum = group["momentum"]
-    buf.lerp_(grad, 1 - momentum)
-    g = grad.lerp_(buf, momentum) if group["nesterov"] else buf
-    g = zeropower_via_newtonschulz5(g, steps=group["ns_steps"], compile=group.get("compile"))
+    torch._foreach_lerp_(bufs, grads, 1 - momentum)
+    if group["nesterov"]:
+        torch._foreach_lerp_(grads, bufs, momentum)
+        blended = grads
+    else:
+        blended = bufs
+    update = zeropower_via_newtonschulz5(torch.stack(blended), steps=group["ns_steps"], compile=group.get("compile"))
+    p = params[0]
     scale = math.sqrt(max(1.0, p.size(-2) / p.size(-1)))
-    p.add_(g, alpha=-group["lr"] * scale)
+    torch._foreach_add_(params, list(update.to(p.dtype).unbind(0)), alpha=-group["lr"] * scale)
+
+
+def _by_shape(params):
+    """Lists of same-shape parameters, in first-seen order."""
+    buckets = {}
+    for p in params:
+        buckets.setdefault(tuple(p.shape), []).append(p)
+    return list(buckets.values())
 
 
 class Muon(torch.optim.Optimizer):
     """
-    Single-process Muon. Parameters with the same number of elements share a param group.
+    Single-process Muon. Parameters with the same number of elements share a param group (as in
+    the original, so its checkpoints load); within a group, each shape is updated as one batch.
     `lr` and `momentum` are read from the groups on every step, so schedulers can set them.
     """
 
@@ -87,7 +133,8 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 assert p.grad is not None, f"Muon: parameter of shape {tuple(p.shape)} has no gradient"
-                _muon_update(p, p.grad, self.state[p], group)
+            for same_shape in _by_shape(group["params"]):
+                _muon_update(same_shape, [p.grad for p in same_shape], [self.state[p] for p in same_shape], group)
 
 
 class _Done:
@@ -171,7 +218,7 @@ class DistMuon(torch.optim.Optimizer):
                 owned = base + rank
                 if owned < len(params):
                     p = params[owned]
-                    _muon_update(p, p.grad, self.state[p], group)
+                    _muon_update([p], [p.grad], [self.state[p]], group)
                     source = p
                 else:
                     source = zero

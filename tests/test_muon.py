@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from nanochat.muon import DistMuon, Muon, zeropower_via_newtonschulz5
+from nanochat.muon import DistMuon, Muon, newton_schulz_dtype, zeropower_via_newtonschulz5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,10 +19,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_newtonschulz_orthogonalizes_wide_and_tall(shape):
     G = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     X = zeropower_via_newtonschulz5(G, steps=5)
-    assert X.shape == G.shape and X.dtype == torch.bfloat16
+    assert X.shape == G.shape and X.dtype == newton_schulz_dtype(G.device)
     s = torch.linalg.svdvals(X.float())
     assert s.min() > 0.4 and s.max() < 1.6, s  # all singular values pushed towards 1
     assert torch.linalg.svdvals(G).max() / torch.linalg.svdvals(G).min() > 2  # the input was not
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(4, 64, 160), (4, 160, 64)])  # big enough for blocked kernels
+def test_a_stack_is_orthogonalized_exactly_as_its_matrices_one_by_one(shape, dtype):
+    # Muon batches same-shape matrices, DistMuon takes them one at a time: they must agree bit for bit
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    stacked = zeropower_via_newtonschulz5(G, steps=5, dtype=dtype)
+    assert stacked.dtype == dtype
+    for i in range(shape[0]):
+        assert torch.equal(stacked[i], zeropower_via_newtonschulz5(G[i], steps=5, dtype=dtype))
 
 
 def test_muon_groups_by_numel_and_applies_the_rule():
