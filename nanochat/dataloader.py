@@ -14,7 +14,9 @@ Beyond the reference design:
 - row groups are numbered consecutively across the split's shards and rank r reads numbers
   r, r+W, r+2W, ... The reference strides within each shard instead, which starves the higher ranks
   when shards hold few row groups (a small packed corpus has 1-2 per shard). With many row groups
-  per shard, as in the reference shards, both give every rank an equal share.
+  per shard, as in the reference shards, both give every rank an equal share;
+- a split with fewer row groups than ranks (a small corpus, typically its one-row-group val shard) is
+  shared: every rank reads every row group and keeps its documents rank, rank+W, rank+2W, ... of it.
 """
 
 from dataclasses import dataclass
@@ -36,12 +38,48 @@ class _RowGroup:
     next_doc: int  # index of the next document to tokenize
 
 
+def _fewer_row_groups_than(files, world_size):
+    """Whether the split holds fewer row groups (but at least one) than ranks. Stops counting at
+    world_size, so a large corpus opens only its first shard(s)."""
+    total = 0
+    for f in files:
+        total += open_shard(f).num_row_groups
+        if total >= world_size:
+            return False
+    return total > 0
+
+
+def _document_stride(files, rank, world_size):
+    """(first, step): the documents of each row group this rank keeps. All of them (0, 1) when the
+    ranks stride over row groups; every world_size-th one from its rank when they share row groups."""
+    return (rank, world_size) if _fewer_row_groups_than(files, world_size) else (0, 1)
+
+
+def _check_every_rank_gets_a_document(files, world_size):
+    """In the shared layout a rank gets nothing when no row group has more documents than its rank.
+    Checked from the metadata, identically on every rank, so that all of them stop (none hangs)."""
+    sizes = [pf.metadata.row_group(i).num_rows for pf in map(open_shard, files) for i in range(pf.num_row_groups)]
+    if max(sizes) < world_size:
+        raise RuntimeError(
+            f"rank {max(sizes)} of {world_size} would get no document: the split's {len(sizes)} row group(s) in "
+            f"{len(files)} shard(s) are fewer than the ranks, so the ranks split each row group by document, but "
+            f"the largest one holds only {max(sizes)} documents. Use more data or fewer ranks "
+            f"(at most {max(sizes)}).")
+
+
 def iterate_row_groups(files, rank, world_size, start=(0, 0, 0)):
     """
     Yield (epoch, pq_idx, rg_idx, docs) forever: this rank's row groups, shard after shard, epoch after
     epoch. `start` = (epoch, pq_idx, min_rg): begin at this rank's first row group at or after row
-    group min_rg of shard pq_idx (the default is the very beginning).
+    group min_rg of shard pq_idx (the default is the very beginning). When the split has fewer row
+    groups than ranks, every rank reads every row group and `docs` is its share of the documents
+    (see _document_stride); a row group with none for this rank is skipped.
     """
+    first_doc, doc_step = _document_stride(files, rank, world_size)
+    shared = doc_step > 1
+    if shared:
+        _check_every_rank_gets_a_document(files, world_size)
+        rank, world_size = 0, 1  # as one rank over the row groups
     epoch, pq_idx, min_rg = start
     offset = sum(open_shard(f).num_row_groups for f in files[:pq_idx])  # number of the shard's first row group
     yielded_this_epoch = (pq_idx, min_rg) != (0, 0)  # a resumed epoch is not checked for emptiness
@@ -51,8 +89,12 @@ def iterate_row_groups(files, rank, world_size, start=(0, 0, 0)):
             pf = open_shard(path)
             rg_idx = min_rg + (rank - offset - min_rg) % world_size  # first index >= min_rg that is ours
             while rg_idx < pf.num_row_groups:
-                yield epoch, pq_idx, rg_idx, read_row_group(pf, rg_idx, path)
-                yielded_this_epoch = True
+                docs = read_row_group(pf, rg_idx, path)
+                if shared:
+                    docs = docs[first_doc::doc_step]
+                if docs or not shared:
+                    yield epoch, pq_idx, rg_idx, docs
+                    yielded_this_epoch = True
                 rg_idx += world_size
             # a start past this shard's end carries over into the next shard
             pq_idx, min_rg, offset = pq_idx + 1, max(0, min_rg - pf.num_row_groups), offset + pf.num_row_groups
@@ -78,7 +120,8 @@ def _start_position(state, rank, world_size, files):
         return epoch + 1, 0, 0, 0, 0
     offset = sum(open_shard(f).num_row_groups for f in files[:pq_idx])
     saved = offset + state["rg_idx"]
-    return epoch, pq_idx, (saved // world_size + 1) * world_size - offset, 0, 0
+    stride = 1 if _fewer_row_groups_than(files, world_size) else world_size  # shared: every rank reads every one
+    return epoch, pq_idx, (saved // stride + 1) * stride - offset, 0, 0
 
 
 def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads=4, tokenizer_batch_size=128,
@@ -106,6 +149,8 @@ def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads
     files = split_files(split, data_dir)
     epoch, pq_idx, min_rg, doc_idx, token_idx = _start_position(resume_state_dict, rank, world_size, files)
     row_groups = iterate_row_groups(files, rank, world_size, start=(epoch, pq_idx, min_rg))
+    # the state's doc_idx counts within the whole row group; a shared row group's docs are only ours
+    first_doc, doc_step = _document_stride(files, rank, world_size)
 
     stream = TokenStream()  # tokenized documents; each origin is (epoch, pq_idx, rg_idx, doc_idx)
 
@@ -119,14 +164,17 @@ def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads
         chunk = current.docs[first:first + tokenizer_batch_size]
         current.next_doc = first + len(chunk)
         for i, ids in enumerate(tokenizer.encode(chunk, prepend=bos, num_threads=tokenizer_threads)):
-            origin = (current.epoch, current.pq_idx, current.rg_idx, first + i)
+            origin = (current.epoch, current.pq_idx, current.rg_idx, first_doc + (first + i) * doc_step)
             stream.push(ids, origin, offset=skip_tokens)  # only the resumed document starts mid-way
             skip_tokens = 0
 
-    # skip_docs/skip_tokens position the first row group/document of a resumed stream
-    current, skip_docs, skip_tokens = None, doc_idx, token_idx
+    # skip_docs/skip_tokens position the first row group/document of a resumed stream: skip_docs counts
+    # our documents before the first one at or after doc_idx
+    current, skip_docs, skip_tokens = None, max(0, -((first_doc - doc_idx) // doc_step)), token_idx
     use_cuda = torch.device(device).type == "cuda"
     needed = B * T + 1
+    # CUDA: one pinned staging buffer, refilled once the copy out of it is done (`copied`)
+    scratch, copied = (torch.empty(needed, dtype=torch.long, pin_memory=True), None) if use_cuda else (None, None)
     while True:
         while stream.available < needed:
             tokenize_more()
@@ -135,11 +183,19 @@ def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads
         e, p, r, d = stream.head.origin
         state_dict = {"epoch": e, "pq_idx": p, "rg_idx": r, "doc_idx": d, "token_idx": stream.head.offset,
                       "rank": rank, "world_size": world_size}
-        scratch = torch.tensor(tokens, dtype=torch.long, pin_memory=use_cuda)
+        if use_cuda:
+            if copied is not None:
+                copied.synchronize()  # the previous batch may still be on its way to the GPU
+            scratch.numpy()[:] = tokens
+        else:  # elsewhere the returned tensors can be this host tensor: a fresh one, or we'd overwrite them
+            scratch = torch.tensor(tokens, dtype=torch.long)
         inputs, targets = scratch[:-1].view(B, T), scratch[1:].view(B, T)
         # any device (CUDA, MPS, ...); pinned memory makes the copy asynchronous on CUDA only
         inputs = inputs.to(device=device, non_blocking=use_cuda)
         targets = targets.to(device=device, non_blocking=use_cuda)
+        if use_cuda:
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(inputs.device))
         yield inputs, targets, state_dict
 
 

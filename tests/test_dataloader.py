@@ -161,9 +161,10 @@ def test_val_split_is_the_last_shard_and_default_tokenizer(shards, byte_tokenize
 
 
 def test_bad_arguments_have_clear_errors(shards, byte_tokenizer, base_dir):
-    with pytest.raises(RuntimeError, match="rank 1 of 2 has no row group.*fewer ranks"):
+    # the val split is one row group of 5 documents: 2 ranks share it, 6 cannot
+    with pytest.raises(RuntimeError, match="rank 5 of 6 would get no document.*fewer ranks"):
         next(tokenizing_distributed_data_loader_with_state(B, T, "val", tokenizer=byte_tokenizer, device="cpu",
-                                                           rank=1, world_size=2))
+                                                           rank=1, world_size=6))
     with pytest.raises(ValueError, match="split"):
         next(tokenizing_distributed_data_loader_with_state(B, T, "test", tokenizer=byte_tokenizer, device="cpu"))
     with pytest.raises(ValueError, match="rank"):
@@ -178,3 +179,103 @@ def test_batches_move_to_a_device_that_is_not_cuda(shards, byte_tokenizer):
     # the meta device stands in for MPS or any other accelerator: batches must land on it
     x, y, _ = next(loader(byte_tokenizer, device="meta"))
     assert x.device.type == "meta" and y.device.type == "meta" and x.shape == y.shape == (B, T)
+
+
+# --- splits with fewer row groups than ranks: the ranks share each row group, split by document ---
+
+@pytest.fixture
+def small_shards(base_dir, tmp_path, monkeypatch):
+    """A train split of 2 row groups (in one shard) and a val split of one row group of 8 documents of
+    different lengths, so that batches end mid-document and epochs are crossed within a few steps."""
+    monkeypatch.setattr(dataset, "ROW_GROUP_SIZE", ROWS)
+    paths = [
+        write_jsonl(tmp_path / "t.jsonl", [f"<t{i}>" + "x" * (3 * i) for i in range(2 * ROWS - 3)]),
+        write_jsonl(tmp_path / "v.jsonl", [f"<v{i}>" + "z" * (5 * i) for i in range(ROWS)]),
+    ]
+    pack_corpus.pack_jsonl(paths, shard_chars=10**6)
+    return dataset.list_parquet_files()
+
+
+def tags_of_one_epoch(tok, split, rank, world_size):
+    """The document tags one rank reads in its first epoch, from the batches of the loader."""
+    got, states = [], []
+    for x, y, state in tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer=tok, device="cpu",
+                                                                     tokenizer_batch_size=3, rank=rank,
+                                                                     world_size=world_size):
+        got += x.flatten().tolist()
+        states.append(state)
+        if state["epoch"] == 1:
+            break
+    text = tok.decode([t for t in got if t != tok.get_bos_token_id()])
+    # the last batch reaches into epoch 1: keep the tags up to the first repeat
+    tags = re.findall(r"<[tv]\d+>", text)
+    first_epoch = tags[:tags.index(tags[0], 1)] if tags.count(tags[0]) > 1 else tags
+    return first_epoch, states
+
+
+@pytest.mark.parametrize("split,world_size,n_docs", [("val", 2, ROWS), ("val", 3, ROWS), ("train", 3, 2 * ROWS - 3)])
+def test_ranks_share_row_groups_when_there_are_fewer_than_ranks(small_shards, byte_tokenizer, split, world_size,
+                                                                 n_docs):
+    prefix = "<v" if split == "val" else "<t"
+    per_rank = []
+    for rank in range(world_size):
+        tags, states = tags_of_one_epoch(byte_tokenizer, split, rank, world_size)
+        assert tags, f"rank {rank} got no document"
+        assert len(tags) == len(set(tags))
+        # within each row group rank r reads the documents r, r+W, r+2W, ...
+        assert all(s["doc_idx"] % world_size == rank for s in states)
+        per_rank.append(set(tags))
+    for a in range(world_size):
+        for b in range(a + 1, world_size):
+            assert not per_rank[a] & per_rank[b]
+    assert set().union(*per_rank) == {f"{prefix}{i}>" for i in range(n_docs)}
+
+
+def test_shared_row_groups_resume_exactly(small_shards, byte_tokenizer):
+    tok = byte_tokenizer
+
+    def val_loader(**kw):
+        return tokenizing_distributed_data_loader_with_state(B, T, "val", tokenizer=tok, device="cpu",
+                                                             tokenizer_batch_size=3, rank=1, world_size=2, **kw)
+    batches, states = [], []
+    for k, (x, y, state) in enumerate(val_loader()):
+        batches.append((x.clone(), y.clone()))
+        states.append(json.loads(json.dumps(state)))
+        if k == 30:
+            break
+    mid_doc = [k for k in range(25) if states[k]["token_idx"] > 0]
+    crossing = [k for k in range(25) if states[k + 1]["epoch"] != states[k]["epoch"]]
+    later_doc = [k for k in range(25) if states[k]["doc_idx"] > 1]
+    assert mid_doc and crossing and later_doc
+    for k in sorted({0, 3, mid_doc[0], later_doc[0], crossing[0], crossing[0] + 1}):
+        resumed = val_loader(resume_state_dict=states[k])
+        for j in range(k + 1, k + 5):
+            x, y, _ = next(resumed)
+            assert torch.equal(x, batches[j][0]) and torch.equal(y, batches[j][1]), (k, j)
+
+
+def test_a_split_too_small_for_every_rank_says_so(small_shards, byte_tokenizer):
+    # the val row group holds 8 documents: 9 ranks cannot all get one
+    with pytest.raises(RuntimeError, match=r"rank 8 of 9 .*8 documents.*fewer ranks"):
+        next(tokenizing_distributed_data_loader_with_state(B, T, "val", tokenizer=byte_tokenizer, device="cpu",
+                                                           rank=0, world_size=9))
+
+
+@pytest.mark.slow  # torchrun: two processes, each importing torch
+def test_base_train_on_two_ranks_with_a_one_row_group_val_split(base_dir):
+    import pyarrow as pa
+    from stage_setup import install_tokenizer, read_checkpoint, run_stage
+    from test_base_train import even_vocab_tokenizer, write_shards
+    install_tokenizer(base_dir, even_vocab_tokenizer())
+    data_dir = os.path.join(base_dir, "base_data")
+    write_shards(data_dir)
+    val = os.path.join(data_dir, "shard_00001.parquet")  # the last shard: rewrite it as one row group
+    pq.write_table(pa.table({"text": pq.read_table(val).column("text")}), val, row_group_size=10**6)
+    assert pq.ParquetFile(val).num_row_groups == 1
+    log = run_stage("scripts.base_train", ["--device_type=cpu", "--depth=2", "--max_seq_len=64",
+                                           "--device_batch_size=2", "--total_batch_size=256", "--num_iterations=2",
+                                           "--eval_every=2", "--eval_tokens=512", "--core_metric_every=-1",
+                                           "--sample_every=-1"], base_dir, nproc=2)
+    assert "Step 00002 | Validation bpb" in log
+    _, meta = read_checkpoint(base_dir, "base_checkpoints", "d2", 2)
+    assert 0 < meta["val_bpb"] < 20
