@@ -12,7 +12,8 @@ import pytest
 from stage_setup import max_relative_difference, read_checkpoint, save_model_checkpoint, write_identity
 from test_base_train import TINY, train_env  # noqa: F401 - the fixture is used by name
 
-TOLERANCE = 1e-5  # float32 sums in another order; a missing division by the steps is ~1e-3 off
+TOLERANCE = 1e-5  # float32 sums in another order
+ADAMW_HELD = ("transformer.wte.weight", "lm_head.weight")  # the tensors no Newton-Schulz touches
 
 
 def grad_norms(log):
@@ -33,7 +34,8 @@ def test_base_train_accumulation_equals_one_big_batch(train_env, capsys):  # noq
     assert "gradient accumulation steps: 1" in stacked_log
     a, _ = read_checkpoint(train_env, "base_checkpoints", "accumulated", 1)
     b, _ = read_checkpoint(train_env, "base_checkpoints", "stacked", 1)
-    assert max_relative_difference(a, b) < TOLERANCE
+    assert max_relative_difference({k: a[k] for k in ADAMW_HELD}, {k: b[k] for k in ADAMW_HELD}) < TOLERANCE
+    assert max_relative_difference(a, b) < 1e-2  # Muon's matrices: bf16 Newton-Schulz on some CPUs
     assert grad_norms(log) == pytest.approx(grad_norms(stacked_log), rel=1e-3) and len(grad_norms(log)) == 3
 
 
@@ -45,15 +47,23 @@ def accumulated_and_stacked(base_dir, main, source_dir, args, step):
     return accumulated, stacked
 
 
+
 def test_mid_train_accumulation_equals_one_big_batch(data_pack, base_dir, byte_tokenizer, capsys):
+    """One step. The AdamW-held tensors see only float32 math: they agree to ~4e-8, and a missing
+    division by the steps moves them 3.5e-6 (Adam's first step is scale-free but for its eps), a
+    micro-batch dropped from the sum 0.25. Muon's matrices go through Newton-Schulz, in bf16 on
+    CPUs with native bf16, where float-order noise in the gradient can flip a rounding (1e-3 seen
+    after three steps), so they get bf16's bound."""
     from scripts.mid_train import main
     save_model_checkpoint(base_dir, "base_checkpoints", byte_tokenizer, seq_len=32)
     write_identity(base_dir)
-    args = ["--device_type=cpu", "--max_seq_len=32", "--total_batch_size=64", "--eval_every=-1", "--num_iterations=3"]
-    a, b = accumulated_and_stacked(base_dir, main, "mid_checkpoints", args, 3)
+    args = ["--device_type=cpu", "--max_seq_len=32", "--total_batch_size=64", "--eval_every=-1", "--num_iterations=1"]
+    a, b = accumulated_and_stacked(base_dir, main, "mid_checkpoints", args, 1)
     log = capsys.readouterr().out
     assert "gradient accumulation steps: 2" in log and "gradient accumulation steps: 1" in log
-    assert max_relative_difference(a, b) < TOLERANCE
+    adamw_held = {k: a[k] for k in ADAMW_HELD}
+    assert max_relative_difference(adamw_held, {k: b[k] for k in ADAMW_HELD}) < 1e-6
+    assert max_relative_difference(a, b) < 1e-2
 
 
 def test_chat_sft_accumulation_equals_one_big_batch(data_pack, base_dir, byte_tokenizer, capsys):
