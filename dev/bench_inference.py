@@ -1,15 +1,19 @@
 """
-Decode speed of the KV-cached Engine against the naive GPT.generate (which re-runs the whole
-sequence for every new token), measured in the same run on the same random-weight model.
+Decode speed of our Engine against the original engine's structure, measured in one run on the
+same random-weight model: a cache that grows by concatenation, one eager forward per token, and
+each step's next input built from the sampled ids on the host. Ours: the static-shape decode step
+(preallocated cache, position as a tensor), compiled, the sampled ids fed straight back.
 
-    python dev/bench_inference.py                       # CPU (or CUDA when available), depth 4
-    python dev/bench_inference.py --device=cuda --depth=12
+    python -m dev.bench_inference                       # CPU (or CUDA when available), depth 4
+    python -m dev.bench_inference --depth=20 --json     # one GPU; ends with a line 'RESULT {json}'
 
-Batch 1: one sample. Batch 8: Engine.generate with num_samples=8 (one prefill, eight rows)
-against eight sequential naive runs. Tokens/s counts generated tokens, prefill included.
+Batch 1: greedy, one sample. Batch 8: sampled, eight rows from one prefill. Tokens/s counts the
+generated tokens over the whole call, prefill included. The greedy tokens of ours, the baseline and
+the naive GPT.generate must be identical.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -19,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nanochat.engine import Engine
+from nanochat.engine import Engine, KVCache, sample_next_token
 from nanochat.gpt import GPT, config_for_depth
 
 
@@ -51,6 +55,30 @@ def build_model(depth, vocab_size, device):
     return model.eval()
 
 
+def original_generate(model, tokens, num_samples, max_tokens, temperature, seed=42):
+    """The original engine's decode loop (no tool use: the random model never calls it): token columns."""
+    device = model.get_device()
+    rng = torch.Generator(device=device).manual_seed(seed)
+    config = model.config
+    head_dim = config.n_embd // config.n_head
+    prefill = KVCache(batch_size=1, num_heads=config.n_kv_head, seq_len=len(tokens), head_dim=head_dim,
+                      num_layers=config.n_layer)
+    logits = model.forward(torch.tensor([tokens], dtype=torch.long, device=device), kv_cache=prefill)[:, -1, :]
+    next_ids = sample_next_token(logits.expand(num_samples, -1), rng, temperature)
+    cache = KVCache(batch_size=num_samples, num_heads=config.n_kv_head, seq_len=len(tokens), head_dim=head_dim,
+                    num_layers=config.n_layer)  # grows by concatenation as decoding goes on
+    cache.prefill(prefill)
+    columns = []
+    for step in range(max_tokens):
+        if step > 0:
+            logits = model.forward(next_ids, kv_cache=cache)[:, -1, :]
+            next_ids = sample_next_token(logits, rng, temperature)
+        column = next_ids[:, 0].tolist()
+        columns.append(column)
+        next_ids = torch.tensor(column, dtype=torch.long, device=device).unsqueeze(1)
+    return columns
+
+
 def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -62,7 +90,7 @@ def timed(fn, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Engine vs naive generation speed")
+    parser = argparse.ArgumentParser(description="Engine vs the original engine structure: decode speed")
     parser.add_argument("--device", default="", help="cpu|cuda (empty: cuda when available)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--vocab_size", type=int, default=8192)
@@ -70,54 +98,54 @@ def main():
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="keep the best of this many runs")
+    parser.add_argument("--compile", type=int, default=1, help="compile our decode step (1/0)")
+    parser.add_argument("--json", action="store_true", help="end with a line 'RESULT {json}'")
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     model = build_model(args.depth, args.vocab_size, device)
-    engine = Engine(model, SpecialIdsOnly(args.vocab_size))
+    engine = Engine(model, SpecialIdsOnly(args.vocab_size), compile=bool(args.compile))
     prompt = torch.randint(0, args.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
-    n = args.new_tokens
+    n, b = args.new_tokens, args.batch
     config = model.config
     print(f"device={device} depth={args.depth} (width {config.n_embd}, {config.n_head} heads) "
           f"vocab={args.vocab_size} prompt={args.prompt_len} new_tokens={n} threads={torch.get_num_threads()} "
-          f"best of {args.repeats}", flush=True)
+          f"ours compiled: {bool(args.compile)}, best of {args.repeats}", flush=True)
 
-    def naive(seed=42, temperature=0.0):
-        return list(model.generate(prompt, max_tokens=n, temperature=temperature, seed=seed))
-
-    def cached(num_samples=1, temperature=0.0):
+    def ours(num_samples, temperature):
         return [col for col, _ in engine.generate(prompt, num_samples=num_samples, max_tokens=n,
                                                   temperature=temperature)]
 
-    # best of `repeats` runs, alternating naive and engine so that a burst of load on a shared
-    # machine hits both sides alike
-    best = {}
+    def baseline(num_samples, temperature):
+        return original_generate(model, prompt, num_samples, n, temperature)
 
-    def measure(name, fn):
-        out, seconds = timed(fn, device)
-        best[name] = min(best.get(name, float("inf")), seconds)
-        return out
+    runs = {("ours", 1): lambda: ours(1, 0.0), ("baseline", 1): lambda: baseline(1, 0.0),
+            ("ours", b): lambda: ours(b, 1.0), ("baseline", b): lambda: baseline(b, 1.0)}
+    best, outputs = {}, {}
+    with torch.inference_mode(), autocast:
+        t0 = time.perf_counter()
+        for fn in runs.values():  # warm-up: compiles our step for both batch sizes
+            fn()
+        print(f"warm-up (compilation included): {time.perf_counter() - t0:.1f} s", flush=True)
+        for _ in range(args.repeats):  # alternating, so a burst of load hits both sides alike
+            for key, fn in runs.items():
+                outputs[key], seconds = timed(fn, device)
+                best[key] = min(best.get(key, float("inf")), seconds)
+        naive = list(model.generate(prompt, max_tokens=n, temperature=0.0))
 
-    with autocast:
-        naive(), cached()  # warm-up
-        for _ in range(args.repeats):
-            naive_tokens = measure("naive1", naive)
-            cached_cols = measure("engine1", cached)
-            measure("naive8", lambda: [naive(seed=s, temperature=1.0) for s in range(args.batch)])
-            cols8 = measure("engine8", lambda: cached(args.batch, temperature=1.0))
-    t_naive1, t_engine1, t_naive8, t_engine8 = best["naive1"], best["engine1"], best["naive8"], best["engine8"]
-
-    assert len(cols8) == n and all(len(c) == args.batch for c in cols8)
-    match = naive_tokens == [c[0] for c in cached_cols]
-    rows = [
-        ("batch 1", n, t_naive1, t_engine1),
-        (f"batch {args.batch}", n * args.batch, t_naive8, t_engine8),
-    ]
-    print(f"{'':10s} {'naive tok/s':>12s} {'engine tok/s':>13s} {'speedup':>8s}")
-    for name, tokens, t_naive, t_engine in rows:
-        print(f"{name:10s} {tokens / t_naive:12.1f} {tokens / t_engine:13.1f} {t_naive / t_engine:7.1f}x")
-    print(f"greedy batch-1 outputs identical: {match}")
+    assert all(len(c) == b for c in outputs["ours", b]) and len(outputs["ours", b]) == n
+    greedy_identical = [c[0] for c in outputs["ours", 1]] == [c[0] for c in outputs["baseline", 1]] == naive
+    result = dict(device=str(device), depth=args.depth, new_tokens=n, greedy_identical=greedy_identical,
+                  param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+    print(f"{'':10s} {'original tok/s':>15s} {'ours tok/s':>11s} {'ratio':>7s}")
+    for batch in (1, b):
+        base_tps, ours_tps = batch * n / best["baseline", batch], batch * n / best["ours", batch]
+        result[f"batch{batch}"] = dict(ours_tok_per_sec=ours_tps, baseline_tok_per_sec=base_tps)
+        print(f"{'batch ' + str(batch):10s} {base_tps:15.1f} {ours_tps:11.1f} {ours_tps / base_tps:6.2f}x")
+    print(f"greedy batch-1 tokens identical (ours, original structure, GPT.generate): {greedy_identical}")
+    if args.json:
+        print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":
