@@ -43,6 +43,21 @@ class SpecialIdsOnly:
         return self.vocab_size + len(self.NAMES)
 
 
+# HBM bandwidth by GPU name, most specific first: a decode step reads every weight once, so
+# batch * bandwidth / weight bytes bounds tokens/s (the KV cache, small here, is left out)
+HBM_BYTES_PER_SEC = [("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("GH200", 4.0e12),
+                     ("H200", 4.8e12), ("B200", 8.0e12), ("A100-SXM4-80GB", 2.04e12), ("A100", 1.56e12)]
+
+
+def hbm_bound_tok_per_sec(device, param_bytes, batch):
+    """The weight-reading bound of decode tokens/s on this GPU, or None (CPU, unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    bandwidth = next((bw for key, bw in HBM_BYTES_PER_SEC if key in name), None)
+    return None if bandwidth is None else batch * bandwidth / param_bytes
+
+
 def build_model(depth, vocab_size, device):
     torch.manual_seed(0)
     model = GPT(config_for_depth(depth, 1024, vocab_size)).to(device)
@@ -138,11 +153,15 @@ def main():
     greedy_identical = [c[0] for c in outputs["ours", 1]] == [c[0] for c in outputs["baseline", 1]] == naive
     result = dict(device=str(device), depth=args.depth, new_tokens=n, greedy_identical=greedy_identical,
                   param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
-    print(f"{'':10s} {'original tok/s':>15s} {'ours tok/s':>11s} {'ratio':>7s}")
+    print(f"{'':10s} {'original tok/s':>15s} {'ours tok/s':>11s} {'ratio':>7s} {'ours / HBM bound':>17s}")
     for batch in (1, b):
         base_tps, ours_tps = batch * n / best["baseline", batch], batch * n / best["ours", batch]
-        result[f"batch{batch}"] = dict(ours_tok_per_sec=ours_tps, baseline_tok_per_sec=base_tps)
-        print(f"{'batch ' + str(batch):10s} {base_tps:15.1f} {ours_tps:11.1f} {ours_tps / base_tps:6.2f}x")
+        bound = hbm_bound_tok_per_sec(device, result["param_bytes"], batch)
+        fraction = None if bound is None else ours_tps / bound
+        result[f"batch{batch}"] = dict(ours_tok_per_sec=ours_tps, baseline_tok_per_sec=base_tps,
+                                       hbm_bound_tok_per_sec=bound, hbm_fraction=fraction)
+        shown = "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+        print(f"{'batch ' + str(batch):10s} {base_tps:15.1f} {ours_tps:11.1f} {ours_tps / base_tps:6.2f}x {shown:>17s}")
     print(f"greedy batch-1 tokens identical (ours, original structure, GPT.generate): {greedy_identical}")
     if args.json:
         print("RESULT " + json.dumps(result))

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNBOOKS = ["speedrun.sh", "run1000.sh", "dev/runcpu.sh", "dev/runbook_lib.sh"]
+RUNBOOKS = ["speedrun.sh", "run1000.sh", "dev/runcpu.sh", "dev/runbook_lib.sh", "dev/gpu_check.sh"]
 IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
 TORCHRUN = "torchrun --standalone --nproc_per_node=8"
 

@@ -1,0 +1,126 @@
+"""
+Helpers of dev/gpu_check.sh (the one-call GPU check); not meant to be run by hand.
+
+    python -m dev.gpu_check corpus OUT_DIR   # the repo's own text as train/val JSONL documents
+    python -m dev.gpu_check summary LOG_DIR  # the figures of a finished check; exit 1 if one fails
+
+A GPU machine without network has no pretraining corpus, so the check trains its tokenizer and
+its 20-step model on the text of this repository (code and docs): enough for the loss to fall.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import re
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT_SUFFIXES = (".py", ".md", ".sh", ".rs", ".html", ".toml")
+SKIPPED_DIRS = {".git", ".venv", "target", "__pycache__", "node_modules"}
+
+
+def repo_documents():
+    """Every text file of the repo as one document, in a stable order."""
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+        for name in sorted(files):
+            if name.endswith(TEXT_SUFFIXES):
+                with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+                if text.strip():
+                    yield text
+
+
+def write_corpus(out_dir):
+    """train.jsonl.gz and val.jsonl.gz (every tenth document) under out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "train.jsonl.gz"), os.path.join(out_dir, "val.jsonl.gz")]
+    with gzip.open(paths[0], "wt", encoding="utf-8") as train, gzip.open(paths[1], "wt", encoding="utf-8") as val:
+        for i, text in enumerate(repo_documents()):
+            (val if i % 10 == 9 else train).write(json.dumps({"text": text}) + "\n")
+    return paths
+
+
+def result_line(log_path):
+    """The JSON of the last 'RESULT {...}' line a benchmark printed."""
+    with open(log_path) as f:
+        lines = [line for line in f if line.startswith("RESULT ")]
+    if not lines:
+        raise SystemExit(f"no RESULT line in {log_path}: see that log for what went wrong")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def percent(x):
+    return "n/a" if x is None else f"{x:.2f}%"
+
+
+def summary(log_dir):
+    """Print the check's figures; returns the names of the verdicts that failed."""
+    failed = []
+    train = result_line(os.path.join(log_dir, "bench_train.log"))
+    print(f"training, d{train['depth']} seq {train['seq']} device batch {train['batch']} on {train['device']}:")
+    for run in train["runs"]:
+        print(f"  {run['name']:10s} {run['tok_per_sec']:12,.0f} tok/s  {run['ms_per_step']:9.1f} ms/step  "
+              f"MFU {percent(run['mfu'])}  peak {run['peak_mib']:,.0f} MiB")
+    if train.get("ratio") is not None:
+        print(f"  ours / original: {train['ratio']:.3f}x, max relative loss difference "
+              f"{train['max_relative_loss_difference']:.2e}")
+
+    decode = result_line(os.path.join(log_dir, "bench_inference.log"))
+    print(f"decode, d{decode['depth']}, {decode['new_tokens']} new tokens, {decode['param_bytes'] / 2**20:,.0f} MiB "
+          f"of weights on {decode['device']}:")
+    for key in sorted(k for k in decode if k.startswith("batch")):
+        d = decode[key]
+        fraction = d.get("hbm_fraction")
+        bound = "HBM bound n/a" if fraction is None else f"{100 * fraction:.1f}% of the HBM bound"
+        print(f"  {key:8s} ours {d['ours_tok_per_sec']:10,.1f} tok/s, original structure "
+              f"{d['baseline_tok_per_sec']:10,.1f} tok/s ({d['ours_tok_per_sec'] / d['baseline_tok_per_sec']:.2f}x), "
+              f"{bound}")
+    print(f"  greedy tokens identical (Engine, original structure, GPT.generate): {decode['greedy_identical']}")
+    if not decode["greedy_identical"]:
+        failed.append("decode greedy equality")
+
+    with open(os.path.join(log_dir, "base_train.log")) as f:
+        log = f.read()
+    losses = [float(x) for x in re.findall(r"\| loss: ([0-9.]+)", log)]
+    tok_per_sec = [int(x.replace(",", "")) for x in re.findall(r"tok/sec: ([0-9,]+)", log)]
+    mfus = re.findall(r"mfu: ([0-9.]+|n/a)", log)
+    if len(losses) < 2:
+        raise SystemExit("base_train logged fewer than two steps: see base_train.log")
+    falls = losses[-1] < losses[0]
+    print(f"base_train, {len(losses)} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f} "
+          f"({'falls' if falls else 'DOES NOT FALL'}); last step {tok_per_sec[-1]:,} tok/s, MFU {mfus[-1]}")
+    if not falls:
+        failed.append("base_train loss falls")
+
+    with open(os.path.join(log_dir, "engine_check.log")) as f:
+        engine_log = f.read()
+    match = re.search(r"^match$", engine_log, re.M) is not None
+    timing = re.search(r"^naive GPT\.generate: .*$", engine_log, re.M)
+    print(f"Engine vs GPT.generate on the trained checkpoint: {'match' if match else 'MISMATCH'}"
+          + (f" ({timing.group(0)})" if timing else ""))
+    if not match:
+        failed.append("Engine greedy equality")
+    return failed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("corpus").add_argument("out_dir")
+    sub.add_parser("summary").add_argument("log_dir")
+    args = parser.parse_args()
+    if args.command == "corpus":
+        print(" ".join(write_corpus(args.out_dir)))
+        return 0
+    failed = summary(args.log_dir)
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
