@@ -451,17 +451,19 @@ if __name__ == "__main__":
     import time
 
     from nanochat.checkpoint_manager import load_model
-    from nanochat.common import autodetect_device_type, compute_init
+    from nanochat.common import autocast_context, autodetect_device_type, compute_init
 
     device_type = autodetect_device_type()
     _, _, _, _, device = compute_init(device_type)
     model, tokenizer, _ = load_model("base", device, phase="eval")
     prompt = tokenizer.encode("The chemical formula of water is", prepend=tokenizer.get_bos_token_id())
-    t0 = time.time()
-    naive = list(model.generate(prompt, max_tokens=64, temperature=0.0))
-    t1 = time.time()
-    cached = [column[0] for column, _ in Engine(model, tokenizer).generate(prompt, max_tokens=64, temperature=0.0)]
-    t2 = time.time()
+    with autocast_context(device_type):  # bf16 on CUDA, where the checkpoint's embedding is bf16
+        t0 = time.time()
+        naive = list(model.generate(prompt, max_tokens=64, temperature=0.0))
+        t1 = time.time()
+        engine = Engine(model, tokenizer)
+        cached = [column[0] for column, _ in engine.generate(prompt, max_tokens=64, temperature=0.0)]
+        t2 = time.time()
     print(tokenizer.decode(naive))
     print(f"naive GPT.generate: {t1 - t0:.2f}s, Engine.generate: {t2 - t1:.2f}s")
     print("match" if naive == cached else "MISMATCH")

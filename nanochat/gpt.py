@@ -63,7 +63,6 @@ def apply_rotary_emb(x, cos, sin):
     assert x.ndim == 4  # (B, T, H, D)
     d = x.shape[3] // 2
     x1, x2 = x[..., :d], x[..., d:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # tables follow the compute dtype
     y1 = x1 * cos + x2 * sin
     y2 = x1 * (-sin) + x2 * cos
     return torch.cat([y1, y2], 3)
@@ -155,7 +154,7 @@ class GPT(nn.Module):
         })
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Rotary tables cover 10x the context so generation can run past it. Non-persistent:
-        # they are rebuilt, never saved. Kept in fp32 and cast to the compute dtype on use.
+        # they are rebuilt, never saved. Kept in fp32; forward casts the rows it uses.
         self.rotary_seq_len = config.sequence_len * 10
         head_dim = config.n_embd // config.n_head
         cos, sin = self._precompute_rotary_embeddings(self.rotary_seq_len, head_dim)
@@ -254,6 +253,10 @@ class GPT(nn.Module):
             cos_sin = self.cos[0, T0].unsqueeze(1), self.sin[0, T0].unsqueeze(1)
 
         x = self.transformer.wte(idx)
+        # the tables in the dtype q and k come in (bf16 under CUDA autocast): one cast per forward,
+        # not one per layer and per q and k
+        dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type) else x.dtype
+        cos_sin = tuple(table.to(dtype) for table in cos_sin)
         x = norm(x)
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache)
