@@ -20,6 +20,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -163,6 +164,10 @@ def main():
         shown = "n/a" if fraction is None else f"{100 * fraction:.1f}%"
         print(f"{'batch ' + str(batch):10s} {base_tps:15.1f} {ours_tps:11.1f} {ours_tps / base_tps:6.2f}x {shown:>17s}")
     print(f"greedy batch-1 tokens identical (ours, original structure, GPT.generate): {greedy_identical}")
+    if device.type == "cuda":  # a skipped CUDA graph leaves the step launching kernel by kernel
+        skips = counters["inductor"]["cudagraph_skips"]
+        result["cudagraph_skips"] = skips
+        print(f"CUDA graphs skipped: {skips} (TORCH_LOGS=cudagraphs logs why)")
     if args.json:
         print("RESULT " + json.dumps(result))
 

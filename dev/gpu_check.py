@@ -78,6 +78,8 @@ def summary(log_dir):
               f"{d['baseline_tok_per_sec']:10,.1f} tok/s ({d['ours_tok_per_sec'] / d['baseline_tok_per_sec']:.2f}x), "
               f"{bound}")
     print(f"  greedy tokens identical (Engine, original structure, GPT.generate): {decode['greedy_identical']}")
+    if "cudagraph_skips" in decode:
+        print(f"  CUDA graphs skipped by the compiled step: {decode['cudagraph_skips']}")
     if not decode["greedy_identical"]:
         failed.append("decode greedy equality")
 

@@ -160,7 +160,7 @@ class DecodeCache:
         for layer in range(layers):
             keys[layer][:, :, :length] = kv[layer, 0]
             values[layer][:, :, :length] = kv[layer, 1]
-        return cls(keys, values, torch.tensor([length], device=kv.device))
+        return cls(_static(keys), _static(values), torch.tensor([length], device=kv.device))
 
     @property
     def capacity(self):
@@ -172,7 +172,8 @@ class DecodeCache:
             wider = torch.zeros(*t.shape[:2], capacity, t.size(3), dtype=t.dtype, device=t.device)
             wider[:, :, :t.size(2)] = t
             return wider
-        return DecodeCache([widen(k) for k in self.keys], [widen(v) for v in self.values], self.position)
+        return DecodeCache(_static([widen(k) for k in self.keys]), _static([widen(v) for v in self.values]),
+                           self.position)
 
     def get_pos(self):
         return self.position.expand(self.keys[0].size(0))  # every row is at the same position
@@ -182,6 +183,15 @@ class DecodeCache:
         self.keys[layer_idx].index_copy_(2, self.position, k)
         self.values[layer_idx].index_copy_(2, self.position, v)
         return self.keys[layer_idx], self.values[layer_idx]
+
+
+def _static(tensors):
+    """CUDA graphs skip a step that writes into an ordinary input; marked static, the cache is
+    written in place by the replayed graph (a new cache is recorded again, without recompiling)."""
+    for t in tensors:
+        if t.is_cuda:
+            torch._dynamo.mark_static_address(t)
+    return tensors
 
 
 def draw_tokens(logits, uniform, temperature, top_k):
