@@ -68,8 +68,8 @@ def summary(log_dir):
               f"{train['max_relative_loss_difference']:.2e}")
 
     decode = result_line(os.path.join(log_dir, "bench_inference.log"))
-    print(f"decode, d{decode['depth']}, {decode['new_tokens']} new tokens, {decode['param_bytes'] / 2**20:,.0f} MiB "
-          f"of weights on {decode['device']}:")
+    print(f"decode, d{decode['depth']}, {decode['new_tokens']} new tokens, "
+          f"{decode['weight_bytes_per_step'] / 2**20:,.0f} MiB of weights read per step on {decode['device']}:")
     for key in sorted(k for k in decode if k.startswith("batch")):
         d = decode[key]
         fraction = d.get("hbm_fraction")

@@ -153,14 +153,9 @@ class DecodeCache:
         length = prefilled.get_pos()
         assert capacity > length, f"capacity {capacity} leaves no room after the {length} prompt tokens"
         kv = prefilled.kv_cache[:, :, :, :, :length]
-        layers, _, _, heads, _, head_dim = kv.shape
-        shape = (batch_size, heads, capacity, head_dim)
-        keys = [torch.zeros(shape, dtype=kv.dtype, device=kv.device) for _ in range(layers)]
-        values = [torch.zeros(shape, dtype=kv.dtype, device=kv.device) for _ in range(layers)]
-        for layer in range(layers):
-            keys[layer][:, :, :length] = kv[layer, 0]
-            values[layer][:, :, :length] = kv[layer, 1]
-        return cls(_static(keys), _static(values), torch.tensor([length], device=kv.device))
+        keys = [_with_capacity(layer[0], batch_size, capacity) for layer in kv]
+        values = [_with_capacity(layer[1], batch_size, capacity) for layer in kv]
+        return cls(keys, values, torch.tensor([length], device=kv.device))
 
     @property
     def capacity(self):
@@ -168,12 +163,9 @@ class DecodeCache:
 
     def grown(self, capacity):
         """A copy with more slots (a decode without max_tokens that runs past its first capacity)."""
-        def widen(t):
-            wider = torch.zeros(*t.shape[:2], capacity, t.size(3), dtype=t.dtype, device=t.device)
-            wider[:, :, :t.size(2)] = t
-            return wider
-        return DecodeCache(_static([widen(k) for k in self.keys]), _static([widen(v) for v in self.values]),
-                           self.position)
+        batch_size = self.keys[0].size(0)
+        return DecodeCache([_with_capacity(k, batch_size, capacity) for k in self.keys],
+                           [_with_capacity(v, batch_size, capacity) for v in self.values], self.position)
 
     def get_pos(self):
         return self.position.expand(self.keys[0].size(0))  # every row is at the same position
@@ -185,13 +177,22 @@ class DecodeCache:
         return self.keys[layer_idx], self.values[layer_idx]
 
 
-def _static(tensors):
-    """CUDA graphs skip a step that writes into an ordinary input; marked static, the cache is
-    written in place by the replayed graph (a new cache is recorded again, without recompiling)."""
-    for t in tensors:
-        if t.is_cuda:
-            torch._dynamo.mark_static_address(t)
-    return tensors
+def _with_capacity(t, batch_size, capacity):
+    """t (1 or batch_size, H, T, D) copied into the first T of `capacity` zeroed slots of batch_size rows."""
+    slots = torch.zeros(batch_size, t.size(1), capacity, t.size(3), dtype=t.dtype, device=t.device)
+    slots[:, :, :t.size(2)] = t
+    if slots.is_cuda:
+        # CUDA graphs skip a step that writes into an ordinary input; marked static, the cache is
+        # written in place by the replayed graph (a new cache is recorded again, without recompiling)
+        torch._dynamo.mark_static_address(slots)
+    return slots
+
+
+def _inverse_cdf(probs, uniform):
+    """Per row of probs (n, V), the index where the cumulative mass first reaches uniform (n, 1) of
+    the row's total -> (n, 1). Each row needs only its own number, so no generator is drawn from."""
+    cumulative = probs.cumsum(dim=-1)
+    return (cumulative < uniform * cumulative[:, -1:]).sum(dim=-1, keepdim=True).clamp_max(probs.size(-1) - 1)
 
 
 def draw_tokens(logits, uniform, temperature, top_k):
@@ -206,8 +207,7 @@ def draw_tokens(logits, uniform, temperature, top_k):
         logits, indices = logits.topk(top_k, dim=-1)
     else:
         indices = None
-    cumulative = F.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)
-    choice = (cumulative < uniform * cumulative[:, -1:]).sum(dim=-1, keepdim=True).clamp_max(logits.size(-1) - 1)
+    choice = _inverse_cdf(F.softmax(logits.float() / temperature, dim=-1), uniform)
     return choice if indices is None else indices.gather(1, choice)
 
 
@@ -235,9 +235,7 @@ def sample_rows(logits, temperature, top_k, top_p, uniform):
     # top_p: drop a token once the tokens ranked above it already hold top_p of the mass
     cumulative = probs.cumsum(dim=-1)
     probs = probs.masked_fill(cumulative - probs >= top_p[:, None], 0.0)
-    cumulative = probs.cumsum(dim=-1)
-    choice = (cumulative < uniform[:, None] * cumulative[:, -1:]).sum(dim=-1).clamp_max(k - 1)
-    sampled = indices.gather(1, choice[:, None])[:, 0]
+    sampled = indices.gather(1, _inverse_cdf(probs, uniform[:, None]))[:, 0]
     return torch.where(temperature < GREEDY_BELOW, greedy, sampled)
 
 
@@ -284,12 +282,13 @@ class Engine:
     def __init__(self, model, tokenizer, compile=None):
         self.model = model
         self.tokenizer = tokenizer
-        if compile is None:
-            compile = model.get_device().type == "cuda"
+        on_cuda = model.get_device().type == "cuda"
         self._step = partial(decode_step, model)
+        if compile is None:
+            compile = on_cuda
         if compile:
             # CUDA graphs replay the whole step in one launch; on CPU a C++ wrapper calls the kernels
-            options = {"triton.cudagraphs": True} if model.get_device().type == "cuda" else {"cpp_wrapper": True}
+            options = {"triton.cudagraphs": True} if on_cuda else {"cpp_wrapper": True}
             self._step = torch.compile(self._step, dynamic=False, fullgraph=True, options=options)
 
     def _special_ids(self):

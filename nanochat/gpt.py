@@ -102,7 +102,8 @@ class CausalSelfAttention(nn.Module):
 
         enable_gqa = self.n_head != self.n_kv_head
         if kv_cache is not None and kv_cache.attn_mask is not None:
-            # rows of different lengths (continuous batching): the cache says what each row may see
+            # the cache says what each row may see: rows at their own lengths (continuous batching),
+            # or the fixed capacity of Engine.generate's decode cache
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv_cache.attn_mask, enable_gqa=enable_gqa)
         elif kv_cache is None or Tq == Tk:
             # training, or prefill into an empty cache: plain causal attention
