@@ -19,18 +19,10 @@ import time
 
 import torch
 
+from dev.demo import byte_tokenizer
 from nanochat import dataset, pack_corpus
 from nanochat.dataloader import tokenizing_distributed_data_loader_with_state
 from nanochat.gpt import GPT, config_for_depth
-
-
-def byte_level_tokenizer():
-    import tiktoken
-    from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, RustBPETokenizer
-    ranks = {bytes([i]): i for i in range(256)}
-    specials = {name: 256 + i for i, name in enumerate(SPECIAL_TOKENS)}
-    enc = tiktoken.Encoding(name="bytes", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
-    return RustBPETokenizer(enc, "<|bos|>")
 
 
 def pick_tokenizer():
@@ -40,7 +32,7 @@ def pick_tokenizer():
         print(f"tokenizer: trained BPE from <base>/tokenizer (vocab {tok.get_vocab_size()})")
         return tok, True
     except FileNotFoundError:
-        tok = byte_level_tokenizer()
+        tok = byte_tokenizer()
         print("tokenizer: no <base>/tokenizer found -> byte-level tokenizer (256 bytes + specials). "
               "It yields ~4x more tokens per character than a trained BPE, so it is a stand-in, not the real figure.")
         return tok, False
@@ -74,12 +66,7 @@ def training_tokens_per_second(depth, vocab_size, B, T, steps):
     torch.manual_seed(0)
     model = GPT(config_for_depth(depth, T, vocab_size))
     model.init_weights()
-    try:
-        optimizers = model.setup_optimizers()
-        opt_name = "AdamW + Muon (setup_optimizers)"
-    except (ImportError, RuntimeError) as e:
-        optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-3)]
-        opt_name = f"torch.optim.AdamW (setup_optimizers unavailable: {e})"
+    optimizers = model.setup_optimizers()
     x = torch.randint(0, vocab_size, (B, T))
     y = torch.randint(0, vocab_size, (B, T))
 
@@ -96,8 +83,8 @@ def training_tokens_per_second(depth, vocab_size, B, T, steps):
         step()
     elapsed = time.perf_counter() - start
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: d{depth}, {n_params / 1e6:.1f}M parameters, vocab {vocab_size}, optimizer {opt_name}, "
-          f"{elapsed / steps:.2f} s/step")
+    print(f"model: d{depth}, {n_params / 1e6:.1f}M parameters, vocab {vocab_size}, "
+          f"optimizer AdamW + Muon (setup_optimizers), {elapsed / steps:.2f} s/step")
     return steps * B * T / elapsed
 
 

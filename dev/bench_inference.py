@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 from torch._dynamo.utils import counters
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nanochat.engine import Engine, KVCache, sample_next_token
 from nanochat.gpt import GPT, config_for_depth
+from nanochat.training import autocast_context, synchronize
 
 
 class SpecialIdsOnly:
@@ -102,16 +102,6 @@ def original_generate(model, tokens, num_samples, max_tokens, temperature, seed=
     return columns
 
 
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
-
-
 def main():
     parser = argparse.ArgumentParser(description="Engine vs the original engine structure: decode speed")
     parser.add_argument("--device", default="", help="cpu|cuda (empty: cuda when available)")
@@ -125,7 +115,6 @@ def main():
     parser.add_argument("--json", action="store_true", help="end with a line 'RESULT {json}'")
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     model = build_model(args.depth, args.vocab_size, device)
     engine = Engine(model, SpecialIdsOnly(args.vocab_size), compile=bool(args.compile))
@@ -146,15 +135,18 @@ def main():
     runs = {("ours", 1): lambda: ours(1, 0.0), ("baseline", 1): lambda: baseline(1, 0.0),
             ("ours", b): lambda: ours(b, 1.0), ("baseline", b): lambda: baseline(b, 1.0)}
     best, outputs = {}, {}
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast_context(device.type):
         t0 = time.perf_counter()
         for fn in runs.values():  # warm-up: compiles our step for both batch sizes
             fn()
         print(f"warm-up (compilation included): {time.perf_counter() - t0:.1f} s", flush=True)
         for _ in range(args.repeats):  # alternating, so a burst of load hits both sides alike
             for key, fn in runs.items():
-                outputs[key], seconds = timed(fn, device)
-                best[key] = min(best.get(key, float("inf")), seconds)
+                synchronize(device.type)
+                t0 = time.perf_counter()
+                outputs[key] = fn()
+                synchronize(device.type)
+                best[key] = min(best.get(key, float("inf")), time.perf_counter() - t0)
         naive = list(model.generate(prompt, max_tokens=n, temperature=0.0))
 
     assert all(len(c) == b for c in outputs["ours", b]) and len(outputs["ours", b]) == n

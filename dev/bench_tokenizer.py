@@ -2,21 +2,20 @@
 
 On the same text and vocab sizes it trains BPE with
   (a) our `rustbpe` (this repository's Rust extension),
-  (b) the `rustbpe` package from PyPI (same module name, so it is installed into
-      a separate folder and imported from there),
-  (c) HF `tokenizers` with the BpeTrainer configured as nanochat's
-      HuggingFaceTokenizer (byte-level, same split regex, no special tokens),
-each in its own subprocess using all cores, then encodes the same text with
-tiktoken built from our ranks and from PyPI rustbpe's ranks (fresh subprocesses,
-alternating). It prints the timings, the ratios to the peers, and whether our
-merges equal PyPI's.
+  (b) the `rustbpe` package from PyPI (same module name, so it is installed into a separate folder
+      and imported from there),
+  (c) HF `tokenizers` with the BpeTrainer configured as nanochat's HuggingFaceTokenizer (byte-level,
+      same split regex, no special tokens),
+each in its own subprocess using all cores, then encodes the same text with tiktoken built from our
+ranks and from PyPI rustbpe's ranks (fresh subprocesses, alternating). It prints the timings, the
+ratios to the peers, and whether our merges equal PyPI's.
 
     python -m dev.bench_tokenizer                      # 50 MB, vocab 32768 and 65536
     python -m dev.bench_tokenizer --mb 10 --vocab-sizes 4096
     python -m dev.bench_tokenizer --corpus-dir DIR --pypi-dir DIR
 
-Text comes from `part_*.jsonl.gz` files (one `{"text": ...}` per line) in
---corpus-dir, by default `$NANOCHAT_DATA_PACK/corpus`.
+Text comes from `part_*.jsonl.gz` files (one `{"text": ...}` per line) in --corpus-dir, by default
+`$NANOCHAT_DATA_PACK/corpus`.
 """
 
 import argparse
@@ -64,13 +63,8 @@ def train_hf(docs, vocab_size):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        show_progress=False,
-        min_frequency=0,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-    )
+    trainer = BpeTrainer(vocab_size=vocab_size, show_progress=False, min_frequency=0,
+                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     start, cpu = time.perf_counter(), time.process_time()
     tok.train_from_iterator(iter(docs), trainer)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
@@ -100,37 +94,56 @@ def encode_tiktoken(texts, ranks, repeats):
     return {"seconds": wall, "cpu_seconds": cpu, "ids_sha256": digest.hexdigest()}
 
 
+def save_pickle(obj, path):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+    return path
+
+
+def load_pickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
 def worker_main(args):
-    with open(args.docs, "rb") as f:
-        docs = pickle.load(f)
+    docs = load_pickle(args.docs)
     if args.worker == "encode":
-        with open(args.ranks, "rb") as f:
-            result = encode_tiktoken(docs, pickle.load(f), args.repeats)
+        result = encode_tiktoken(docs, load_pickle(args.ranks), args.repeats)
     elif args.worker == "hf":
         result = train_hf(docs, args.vocab)
     else:
         result = train_rustbpe(docs, args.vocab)
-    with open(args.out, "wb") as f:
-        pickle.dump(result, f)
+    save_pickle(result, args.out)
 
 
 # ----------------------------------------------------------------------------------------
 # Orchestration
 
 
+def take_bytes(docs, max_bytes):
+    """The first documents, up to the one that reaches max_bytes of UTF-8; (documents, their bytes)."""
+    out, size = [], 0
+    for d in docs:
+        if size >= max_bytes:
+            break
+        out.append(d)
+        size += len(d.encode("utf-8"))
+    return out, size
+
+
 def load_docs(corpus_dir, max_bytes):
     files = sorted(glob.glob(os.path.join(corpus_dir, "part_*.jsonl.gz")))
     if not files:
         sys.exit(f"no part_*.jsonl.gz files in {corpus_dir!r}: pass --corpus-dir or set NANOCHAT_DATA_PACK")
-    docs, size = [], 0
-    for path in files:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                docs.append(json.loads(line)["text"])
-                size += len(docs[-1].encode("utf-8"))
-                if size >= max_bytes:
-                    return docs, size
-    print(f"note: the corpus holds only {size / 1e6:.1f} MB; using all of it")
+
+    def texts():
+        for path in files:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                yield from (json.loads(line)["text"] for line in f)
+
+    docs, size = take_bytes(texts(), max_bytes)
+    if size < max_bytes:
+        print(f"note: the corpus holds only {size / 1e6:.1f} MB; using all of it")
     return docs, size
 
 
@@ -139,26 +152,26 @@ def ensure_pypi_rustbpe(target):
     if glob.glob(os.path.join(target, "rustbpe", "*.so")) + glob.glob(os.path.join(target, "rustbpe", "*.pyd")):
         return
     os.makedirs(target, exist_ok=True)
-    if shutil.which("uv"):
-        cmd = ["uv", "pip", "install", "--quiet", "--python", sys.executable, "--target", target, PYPI_RUSTBPE]
-    else:
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--target", target, PYPI_RUSTBPE]
+    pip = ["uv", "pip", "install", "--python", sys.executable] if shutil.which("uv") else \
+        [sys.executable, "-m", "pip", "install"]
     print("installing", PYPI_RUSTBPE, "into", target)
-    subprocess.run(cmd, check=True)
+    subprocess.run([*pip, "--quiet", "--target", target, PYPI_RUSTBPE], check=True)
 
 
-def run_worker(kind, docs_path, vocab_size, workdir, pypi_dir):
-    out = os.path.join(workdir, f"{kind}_{vocab_size}.pkl")
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+def call_worker(workdir, out_name, *args, env=None):
+    """What this file run as a worker (`args`) pickled to workdir/out_name."""
+    out = os.path.join(workdir, out_name)
+    # Run outside the repository so the rustbpe/ source folder cannot shadow a module.
+    subprocess.run([sys.executable, os.path.abspath(__file__), *args, "--out", out], check=True, env=env, cwd=workdir)
+    return load_pickle(out)
+
+
+def train_worker(kind, docs_path, vocab_size, workdir, pypi_dir):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if kind == "pypi":
         env["PYTHONPATH"] = pypi_dir
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--docs", docs_path,
-           "--vocab", str(vocab_size), "--out", out]
-    # Run outside the repository so the rustbpe/ source folder cannot shadow a module.
-    subprocess.run(cmd, check=True, env=env, cwd=workdir)
-    with open(out, "rb") as f:
-        return pickle.load(f)
+    return call_worker(workdir, f"{kind}_{vocab_size}.pkl", "--worker", kind, "--docs", docs_path,
+                       "--vocab", str(vocab_size), env=env)
 
 
 def check_modules(results, pypi_dir):
@@ -180,37 +193,18 @@ def compare_merges(ours, pypi):
 def time_encode(ranks_by_name, texts_path, repeats, workdir):
     """Encode timings per rank set: each set is timed in fresh subprocesses, in
     alternating order over two rounds, so neither gets a warmer process or heap."""
-    paths = {}
-    for name, ranks in ranks_by_name.items():
-        paths[name] = os.path.join(workdir, f"ranks_{name}.pkl")
-        with open(paths[name], "wb") as f:
-            pickle.dump(ranks, f)
+    paths = {name: save_pickle(ranks, os.path.join(workdir, f"ranks_{name}.pkl"))
+             for name, ranks in ranks_by_name.items()}
     per_round = max(1, (repeats + 1) // 2)
     best, names = {}, list(ranks_by_name)
-    for round_index in range(2):
-        for name in names if round_index == 0 else names[::-1]:
-            out = os.path.join(workdir, f"encode_{name}.pkl")
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "encode", "--docs", texts_path,
-                   "--ranks", paths[name], "--repeats", str(per_round), "--out", out]
-            subprocess.run(cmd, check=True, cwd=workdir)
-            with open(out, "rb") as f:
-                r = pickle.load(f)
-            if name not in best:
-                best[name] = r
-            else:
-                best[name]["seconds"] = min(best[name]["seconds"], r["seconds"])
-                best[name]["cpu_seconds"] = min(best[name]["cpu_seconds"], r["cpu_seconds"])
+    for order in (names, names[::-1]):
+        for name in order:
+            r = call_worker(workdir, f"encode_{name}.pkl", "--worker", "encode", "--docs", texts_path,
+                            "--ranks", paths[name], "--repeats", str(per_round))
+            kept = best.setdefault(name, r)
+            for key in ("seconds", "cpu_seconds"):
+                kept[key] = min(kept[key], r[key])
     return best
-
-
-def slice_docs(docs, max_bytes):
-    out, size = [], 0
-    for d in docs:
-        if size >= max_bytes:
-            break
-        out.append(d)
-        size += len(d.encode("utf-8"))
-    return out, size
 
 
 def main():
@@ -241,45 +235,36 @@ def main():
     workdir = tempfile.mkdtemp(prefix="bench_tokenizer_")
     pypi_dir = args.pypi_dir or os.path.join(workdir, "pypi_rustbpe")
     ensure_pypi_rustbpe(pypi_dir)
-    docs_path = os.path.join(workdir, "docs.pkl")
-    with open(docs_path, "wb") as f:
-        pickle.dump(docs, f)
-    encode_texts, encode_size = slice_docs(docs, int(args.encode_mb * 1e6))
-    encode_path = os.path.join(workdir, "encode_docs.pkl")
-    with open(encode_path, "wb") as f:
-        pickle.dump(encode_texts, f)
+    docs_path = save_pickle(docs, os.path.join(workdir, "docs.pkl"))
+    encode_texts, encode_size = take_bytes(docs, int(args.encode_mb * 1e6))
+    encode_path = save_pickle(encode_texts, os.path.join(workdir, "encode_docs.pkl"))
 
     print(f"text: {size / 1e6:.1f} MB in {len(docs)} documents from {corpus_dir}")
     print(f"split pattern: nanochat (\\p{{N}}{{1,2}}); CPUs: {os.cpu_count()}; python {sys.version.split()[0]}")
     rows = []
     for vocab_size in vocab_sizes:
         print(f"\n=== vocab size {vocab_size} ===")
-        kinds = ["ours", "pypi"] + ([] if args.skip_hf else ["hf"])
         results = {}
-        for kind in kinds:
-            results[kind] = run_worker(kind, docs_path, vocab_size, workdir, pypi_dir)
-            r = results[kind]
+        for kind in ["ours", "pypi"] + ([] if args.skip_hf else ["hf"]):
+            r = results[kind] = train_worker(kind, docs_path, vocab_size, workdir, pypi_dir)
             print(f"  train {kind:5s} {r['seconds']:8.2f} s wall {r['cpu_seconds']:8.2f} s cpu   [{r['module']}]")
         check_modules(results, pypi_dir)
         merges = compare_merges(results["ours"]["ranks"], results["pypi"]["ranks"])
         print(f"  merges ours vs PyPI rustbpe: {merges}")
         enc = time_encode({"ours": results["ours"]["ranks"], "pypi": results["pypi"]["ranks"]},
                           encode_path, args.encode_repeats, workdir)
-        best = {name: r["seconds"] for name, r in enc.items()}
-        best_cpu = {name: r["cpu_seconds"] for name, r in enc.items()}
-        same_ids = enc["ours"]["ids_sha256"] == enc["pypi"]["ids_sha256"]
-        for name in ("ours", "pypi"):
-            print(f"  encode {name:5s} {best[name]:7.2f} s wall {best_cpu[name]:7.2f} s cpu"
-                  f"  {encode_size / 1e6 / best[name]:6.1f} MB/s  "
+        for name, r in enc.items():
+            print(f"  encode {name:5s} {r['seconds']:7.2f} s wall {r['cpu_seconds']:7.2f} s cpu"
+                  f"  {encode_size / 1e6 / r['seconds']:6.1f} MB/s  "
                   f"({encode_size / 1e6:.1f} MB, tiktoken encode_ordinary_batch)")
-        print(f"  encoded ids identical: {same_ids}")
-        rows.append((vocab_size, results, (best, best_cpu), merges))
+        print(f"  encoded ids identical: {enc['ours']['ids_sha256'] == enc['pypi']['ids_sha256']}")
+        rows.append((vocab_size, results, enc, merges))
 
     print("\n=== summary (ratio = peer / ours, higher is better; "
           "wall seconds, CPU seconds of all threads in brackets) ===")
     print(f"{'vocab':>6} {'ours':>14} {'PyPI rustbpe':>14} {'HF':>14} {'vs PyPI':>14} {'vs HF':>14}"
           f" {'enc ours':>14} {'enc PyPI':>14} {'enc ratio':>14}  merges vs PyPI")
-    for vocab_size, results, (best, best_cpu), merges in rows:
+    for vocab_size, results, enc, merges in rows:
         def cell(kind):
             r = results.get(kind)
             return f"{r['seconds']:.2f} [{r['cpu_seconds']:.2f}]" if r else "-"
@@ -288,10 +273,11 @@ def main():
             r, o = results.get(kind), results["ours"]
             return f"{r['seconds'] / o['seconds']:.2f}x [{r['cpu_seconds'] / o['cpu_seconds']:.2f}x]" if r else "-"
 
+        o, p = enc["ours"], enc["pypi"]
         print(f"{vocab_size:>6} {cell('ours'):>14} {cell('pypi'):>14} {cell('hf'):>14} "
               f"{ratio('pypi'):>14} {ratio('hf'):>14}"
-              f" {best['ours']:>6.2f} [{best_cpu['ours']:.2f}] {best['pypi']:>6.2f} [{best_cpu['pypi']:.2f}]"
-              f" {best['pypi'] / best['ours']:>6.2f}x [{best_cpu['pypi'] / best_cpu['ours']:.2f}x]  "
+              f" {o['seconds']:>6.2f} [{o['cpu_seconds']:.2f}] {p['seconds']:>6.2f} [{p['cpu_seconds']:.2f}]"
+              f" {p['seconds'] / o['seconds']:>6.2f}x [{p['cpu_seconds'] / o['cpu_seconds']:.2f}x]  "
               f"{merges.split(' (')[0]}")
     print("targets: train >= 1.3x PyPI rustbpe and >= 2x HF tokenizers; encode ratio >= 1.0 (equal merges"
           " give equal tiktoken tables, so that ratio is 1.0 up to timing noise)")

@@ -72,13 +72,13 @@ def build_model(args, device):
     return model
 
 
-def ours(args, device, device_type):
+def ours(args, device):
     model = build_model(args, device)
     compiled = torch.compile(model, dynamic=False) if args.compile else model
     return model, compiled, model.setup_optimizers()
 
 
-def original(args, device, device_type):
+def original(args, device):
     model = build_model(args, device)
     lr_scale = (model.config.n_embd / 768) ** -0.5
     adamw = torch.optim.AdamW([dict(params=model.lm_head.parameters(), lr=0.004 * lr_scale),
@@ -91,13 +91,14 @@ def original(args, device, device_type):
 class Runner:
     """One training setup: builds it, warms it up, then times single steps on demand."""
 
-    def __init__(self, name, setup, args, device, device_type):
-        if device_type == "cuda":
+    def __init__(self, name, setup, args, device):
+        self.name, self.device_type = name, device.type
+        if self.device_type == "cuda":  # what an earlier setup left behind is freed first
+            gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        self.name, self.device_type = name, device_type
-        self.raw_model, self.model, self.optimizers = setup(args, device, device_type)
-        self.autocast_ctx = autocast_context(device_type)
+        self.raw_model, self.model, self.optimizers = setup(args, device)
+        self.autocast_ctx = autocast_context(self.device_type)
         g = torch.Generator(device="cpu").manual_seed(1)
         B, T = args.device_batch_size, args.max_seq_len
         self.batches = []
@@ -109,7 +110,7 @@ class Runner:
         t0 = time.perf_counter()
         for i in range(args.warmup_steps):  # compilation, allocator and kernel caches
             self.train_step(i)
-        synchronize(device_type)
+        synchronize(self.device_type)
         self.warmup_seconds = time.perf_counter() - t0
         self.flops_per_token = self.raw_model.estimate_flops()
 
@@ -130,20 +131,21 @@ class Runner:
             loss = self.train_step(i)
             self.losses.append(loss.item())  # the training loop logs it every step too
             self.step_times.append(time.perf_counter() - t0)
+        return self
 
-    def summary(self):
+    def report(self):
+        """Print this setup's figures and return them."""
         dt = statistics.median(self.step_times)
         tok_per_sec = self.tokens_per_step / dt
-        return dict(name=self.name, ms_per_step=dt * 1000, tok_per_sec=tok_per_sec, steps=len(self.step_times),
-                    warmup_s=self.warmup_seconds, peak_mib=peak_memory_mib(self.device_type),
-                    mfu=mfu_percent(self.flops_per_token, tok_per_sec, 1, self.device_type))
-
-
-def print_summary(s, device_type):
-    mem = "peak memory allocated" if device_type == "cuda" else "process peak RSS so far"
-    mfu = f"{s['mfu']:.2f}%" if s["mfu"] is not None else "n/a"
-    print(f"{s['name']:9s} | {s['ms_per_step']:9.1f} ms/step (median of {s['steps']}) | {s['tok_per_sec']:12,.0f} tok/s"
-          f" | MFU {mfu} | warm-up {s['warmup_s']:.1f} s | {mem} {s['peak_mib']:,.0f} MiB", flush=True)
+        s = dict(name=self.name, ms_per_step=dt * 1000, tok_per_sec=tok_per_sec, steps=len(self.step_times),
+                 warmup_s=self.warmup_seconds, peak_mib=peak_memory_mib(self.device_type),
+                 mfu=mfu_percent(self.flops_per_token, tok_per_sec, 1, self.device_type))
+        mem = "peak memory allocated" if self.device_type == "cuda" else "process peak RSS so far"
+        mfu = f"{s['mfu']:.2f}%" if s["mfu"] is not None else "n/a"
+        print(f"{s['name']:9s} | {s['ms_per_step']:9.1f} ms/step (median of {s['steps']}) | "
+              f"{s['tok_per_sec']:12,.0f} tok/s | MFU {mfu} | warm-up {s['warmup_s']:.1f} s | "
+              f"{mem} {s['peak_mib']:,.0f} MiB", flush=True)
+        return s
 
 
 def main():
@@ -169,24 +171,15 @@ def main():
           f"(width {config.n_embd}, {config.n_head} heads) | batch {args.device_batch_size} x {args.max_seq_len} | "
           f"vocab {args.vocab_size} | ours compiled: {bool(args.compile)}", flush=True)
     setups = [("nanochat", ours)] + ([] if args.no_baseline else [("original", original)])
-    summaries = []
-    if device_type == "cuda":
-        for name, setup in setups:
-            runner = Runner(name, setup, args, device, device_type)
-            runner.time_steps(args.steps * args.rounds)
-            summaries.append(runner.summary())
-            print_summary(summaries[-1], device_type)
-            del runner
-            gc.collect()
-            torch.cuda.empty_cache()
+    if device_type == "cuda":  # one setup at a time (see the top of this file)
+        summaries = [Runner(name, setup, args, device).time_steps(args.steps * args.rounds).report()
+                     for name, setup in setups]
     else:
-        runners = [Runner(name, setup, args, device, device_type) for name, setup in setups]
+        runners = [Runner(name, setup, args, device) for name, setup in setups]
         for _ in range(args.rounds):
             for runner in runners:
                 runner.time_steps(args.steps)
-        for runner in runners:
-            summaries.append(runner.summary())
-            print_summary(summaries[-1], device_type)
+        summaries = [runner.report() for runner in runners]
     result = dict(device=device_type, depth=args.depth, batch=args.device_batch_size, seq=args.max_seq_len,
                   runs=summaries)
     if len(summaries) == 2:

@@ -86,16 +86,12 @@ THANKS = ["thanks!", "cool, thank you", "ok got it", "nice", "Thank you very muc
 CLOSINGS = ["You're welcome! Anything else?", "Happy to help.", "Glad I could help. Have a good day!"]
 
 
-def is_english(greeting):
-    return greeting.isascii()
-
-
 def offline_conversation(index):
     """One identity conversation, fully determined by `index` (seeded from it)."""
     rng = random.Random(index)
     greeting = rng.choice(GREETINGS)
     messages = [{"role": "user", "content": greeting},
-                {"role": "assistant", "content": rng.choice(REPLIES_TO_GREETING) if is_english(greeting)
+                {"role": "assistant", "content": rng.choice(REPLIES_TO_GREETING) if greeting.isascii()  # English
                  else REPLY_IN_ENGLISH}]
     for topic in rng.sample(sorted(QUESTIONS), rng.randint(1, 3)):
         question = rng.choice(QUESTIONS[topic])
@@ -125,22 +121,11 @@ def validate_messages(messages):
 # -----------------------------------------------------------------------------
 # API path (needs internet and an OpenRouter key)
 
-RESPONSE_FORMAT = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "conversation",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {"messages": {"type": "array", "items": {
-                "type": "object",
-                "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
-                "required": ["role", "content"], "additionalProperties": False}}},
-            "required": ["messages"],
-            "additionalProperties": False,
-        },
-    },
-}
+MESSAGE_SCHEMA = {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
+                  "required": ["role", "content"], "additionalProperties": False}
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "conversation", "strict": True, "schema": {
+    "type": "object", "properties": {"messages": {"type": "array", "items": MESSAGE_SCHEMA}},
+    "required": ["messages"], "additionalProperties": False}}}
 
 PROMPT = """Write a natural multi-turn conversation between a user and an AI assistant named nanochat.
 Facts about the assistant: its name is nanochat; it is a Large Language Model built on the Transformer
@@ -178,8 +163,7 @@ def api_conversation(index, api_key, readme, timeout=(10, 120)):
 
 
 def generate_with_api(num, api_key, workers=4):
-    readme_path = "README.md"
-    readme = open(readme_path, encoding="utf-8").read() if os.path.exists(readme_path) else ""
+    readme = open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else ""
     results, failures = {}, 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(api_conversation, i, api_key, readme): i for i in range(num)}
@@ -192,8 +176,6 @@ def generate_with_api(num, api_key, workers=4):
     print(f"Generated {len(results)} conversations via the API ({failures} failed)")
     return [results[i] for i in sorted(results)]
 
-
-# -----------------------------------------------------------------------------
 
 def write_jsonl(conversations, path):
     """One JSON array per line; temp file + rename so readers never see a half-written file."""

@@ -14,22 +14,9 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT_SUFFIXES = (".py", ".md", ".sh", ".rs", ".html", ".toml")
-SKIPPED_DIRS = {".git", ".venv", "target", "__pycache__", "node_modules"}
-
-
-def repo_documents():
-    """Every text file of the repo as one document, in a stable order."""
-    for root, dirs, files in os.walk(REPO):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-        for name in sorted(files):
-            if name.endswith(TEXT_SUFFIXES):
-                with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
-                    text = f.read()
-                if text.strip():
-                    yield text
+from dev.demo import repo_documents
 
 
 def write_corpus(out_dir):
@@ -83,8 +70,7 @@ def summary(log_dir):
     if not decode["greedy_identical"]:
         failed.append("decode greedy equality")
 
-    with open(os.path.join(log_dir, "base_train.log")) as f:
-        log = f.read()
+    log = Path(log_dir, "base_train.log").read_text()
     losses = [float(x) for x in re.findall(r"\| loss: ([0-9.]+)", log)]
     tok_per_sec = [int(x.replace(",", "")) for x in re.findall(r"tok/sec: ([0-9,]+)", log)]
     mfus = re.findall(r"mfu: ([0-9.]+|n/a)", log)
@@ -96,8 +82,7 @@ def summary(log_dir):
     if not falls:
         failed.append("base_train loss falls")
 
-    with open(os.path.join(log_dir, "engine_check.log")) as f:
-        engine_log = f.read()
+    engine_log = Path(log_dir, "engine_check.log").read_text()
     match = re.search(r"^match$", engine_log, re.M) is not None
     timing = re.search(r"^naive GPT\.generate: .*$", engine_log, re.M)
     print(f"Engine vs GPT.generate on the trained checkpoint: {'match' if match else 'MISMATCH'}"

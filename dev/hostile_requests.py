@@ -8,19 +8,15 @@ the row expects and still serves a normal request afterwards; the last line coun
 """
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import httpx
 
-from dev.load_test import save_random_checkpoint
+from dev.demo import byte_tokenizer, save_random_checkpoint, start_chat_web
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = {"role": "user", "content": "hi"}
 
 
@@ -28,20 +24,8 @@ def v1(**extra):
     return {"model": "m", "messages": [USER], "max_tokens": 4, **extra}
 
 
-def write_tiny_checkpoint(base_dir):
-    """A random depth-2 sft checkpoint with a byte-level tokenizer."""
-    import tiktoken
-
-    from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, RustBPETokenizer
-    ranks = {bytes([i]): i for i in range(256)}
-    specials = {name: 256 + i for i, name in enumerate(SPECIAL_TOKENS)}
-    tokenizer = RustBPETokenizer(tiktoken.Encoding(name="bytes", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
-                                                   special_tokens=specials), "<|bos|>")
-    save_random_checkpoint(base_dir, tokenizer, 2, "chatsft_checkpoints", 128)
-
-
 def raw(port, data, read_timeout=15):
-    """Send raw bytes on a fresh connection; the status line of the answer (or what happened)."""
+    """Send raw bytes on a fresh connection; the answer's status code (or its first line, or what happened)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.settimeout(read_timeout)
         try:
@@ -51,12 +35,9 @@ def raw(port, data, read_timeout=15):
             return "connection reset"
         except socket.timeout:
             return "no answer (held open)"
-    return answer.split(b"\r\n", 1)[0].decode(errors="replace") if answer else "closed without answer"
-
-
-def status_of(answer):
-    parts = str(answer).split()
-    return int(parts[1]) if len(parts) > 1 and parts[0].startswith("HTTP/") and parts[1].isdigit() else answer
+    line = answer.split(b"\r\n", 1)[0].decode(errors="replace") if answer else "closed without answer"
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[0].startswith("HTTP/") and parts[1].isdigit() else line
 
 
 def chunked(total):
@@ -69,7 +50,6 @@ def chunked(total):
 
 def fill_the_rows(url):
     """Hold both rows and both queue places with slow streams, then ask once more."""
-    holders = []
     stop = threading.Event()
 
     def hold():
@@ -79,10 +59,9 @@ def fill_the_rows(url):
                 if stop.is_set():
                     break
 
-    for _ in range(4):
-        t = threading.Thread(target=hold, daemon=True)
+    holders = [threading.Thread(target=hold, daemon=True) for _ in range(4)]
+    for t in holders:
         t.start()
-        holders.append(t)
     time.sleep(1.0)
     response = httpx.post(f"{url}/v1/chat/completions", json=v1(), timeout=30)
     stop.set()
@@ -136,11 +115,10 @@ def table(url, port):
             {"type": "image_url", "image_url": {"url": "http://x"}}]}])), {400}),
         ("unknown route", lambda: httpx.get(f"{url}/../../etc/passwd", timeout=30), {404}),
         ("GET on a POST route", lambda: httpx.get(f"{url}/v1/chat/completions", timeout=30), {405}),
-        ("malformed request line", lambda: status_of(raw(port, b"GARBAGE\r\n\r\n")), {400}),
-        ("headers sent too slowly", lambda: status_of(raw(port, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\n")),
-         {408}),
-        ("body sent too slowly", lambda: status_of(raw(port, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\n"
-                                                            b"Content-Length: 50\r\n\r\n{")), {408}),
+        ("malformed request line", lambda: raw(port, b"GARBAGE\r\n\r\n"), {400}),
+        ("headers sent too slowly", lambda: raw(port, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\n"), {408}),
+        ("body sent too slowly", lambda: raw(port, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                                  b"Content-Length: 50\r\n\r\n{"), {408}),
         ("every row and queue place taken", lambda: fill_the_rows(url), {429}),
         ("client drops mid-stream", lambda: drop_mid_stream(url), {200}),
     ]
@@ -150,21 +128,11 @@ def main():
     import logging
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as base_dir:
-        write_tiny_checkpoint(base_dir)
+        save_random_checkpoint(base_dir, byte_tokenizer(), 2, "chatsft_checkpoints", 128)
         port = 8766
-        server = subprocess.Popen(
-            [sys.executable, "-m", "scripts.chat_web", "--device-type=cpu", "--host=127.0.0.1", f"--port={port}",
-             "--max-batch-rows=2", "--max-queue=2", "--header-timeout=2", "--body-timeout=3"],
-            cwd=REPO, env={**os.environ, "NANOCHAT_BASE_DIR": base_dir},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        server, url = start_chat_web(base_dir, port, "--max-batch-rows=2", "--max-queue=2", "--header-timeout=2",
+                                     "--body-timeout=3")
         try:
-            for _ in range(120):
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).json()["ready"]:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
             print(f"| {'what the client tried':<34} | status | {'detail':<44} | contained |")
             print(f"|{'-' * 36}|--------|{'-' * 46}|-----------|")
             server_errors = 0
@@ -179,10 +147,8 @@ def main():
                     except ValueError:
                         detail = outcome.text[:44]
                     status = outcome.status_code
-                elif isinstance(outcome, tuple):
-                    status, detail = outcome
-                else:
-                    status, detail = outcome, ""
+                else:  # (status, detail) from a helper, or what happened instead of an answer
+                    status, detail = outcome if isinstance(outcome, tuple) else (outcome, "")
                 alive = httpx.post(f"{url}/v1/chat/completions", json=v1(), timeout=60).status_code == 200
                 server_errors += isinstance(status, int) and status >= 500
                 contained = status in expected and alive

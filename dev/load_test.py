@@ -15,17 +15,14 @@ batched). Modes alternate over --rounds so that both see the same machine load.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import httpx
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dev.demo import repo_documents, save_random_checkpoint, start_chat_web
 
 
 def percentile(values, q):
@@ -101,61 +98,18 @@ def run_clients(url, clients, duration, max_tokens, timeout):
     }
 
 
-def save_random_checkpoint(base_dir, tokenizer, depth, stage_dir, seq_len):
-    """A random-weight model of `depth` saved as a training stage saves it, with its tokenizer."""
-    from dataclasses import asdict
-
-    import torch
-
-    from nanochat.checkpoint_manager import save_checkpoint
-    from nanochat.gpt import GPT, config_for_depth
-    from nanochat.tokenizer import save_token_bytes
-    tokenizer.save(os.path.join(base_dir, "tokenizer"))
-    save_token_bytes(tokenizer, os.path.join(base_dir, "tokenizer"))
-    torch.manual_seed(0)
-    config = config_for_depth(depth, seq_len, tokenizer.get_vocab_size())
-    model = GPT(config)
-    model.init_weights()
-    save_checkpoint(os.path.join(base_dir, stage_dir, f"d{depth}"), 1, model.state_dict(), None,
-                    {"step": 1, "model_config": asdict(config)})
-
-
 def write_random_d4(base_dir, vocab_size=8192):
     """A random d4 'base' checkpoint with a tokenizer of `vocab_size` trained on this repository's text."""
     from nanochat.tokenizer import RustBPETokenizer
-
-    def texts():
-        for root, _, files in os.walk(REPO):
-            if any(part.startswith(".") for part in root.split(os.sep)):
-                continue
-            for name in files:
-                if name.endswith((".py", ".md", ".sh", ".rs", ".html")):
-                    with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
-                        yield f.read()
-
-    save_random_checkpoint(base_dir, RustBPETokenizer.train_from_iterator(texts(), vocab_size), 4,
-                           "base_checkpoints", 512)
+    tokenizer = RustBPETokenizer.train_from_iterator(repo_documents(), vocab_size)
+    save_random_checkpoint(base_dir, tokenizer, 4, "base_checkpoints", 512)
 
 
 def start_server(base_dir, port, max_batch_rows, max_queue):
-    env = {**os.environ, "NANOCHAT_BASE_DIR": base_dir}
-    cmd = [sys.executable, "-m", "scripts.chat_web", "--device-type=cpu", "-i", "base", "--host=127.0.0.1",
-           f"--port={port}", f"--max-batch-rows={max_batch_rows}", f"--max-queue={max_queue}"]
-    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}: {' '.join(cmd)}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).json().get("ready"):
-                one_request(httpx.Client(), url, 0, 8, 60)  # warm-up
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("the server did not become ready in 120 s")
+    server, url = start_chat_web(base_dir, port, "-i", "base", f"--max-batch-rows={max_batch_rows}",
+                                 f"--max-queue={max_queue}")
+    one_request(httpx.Client(), url, 0, 8, 60)  # warm-up
+    return server, url
 
 
 def report(name, r):

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,15 +91,13 @@ MUTANTS = [
 ]
 
 
-def tracked_and_untracked_files(repo):
-    """The working tree as git sees it (tracked plus untracked, not ignored): what a copy needs."""
+def copy_tree(repo, dest):
+    """Copy the working tree as git sees it (tracked plus untracked, not ignored) to dest."""
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
                          capture_output=True, check=True)
-    return [p for p in out.stdout.decode().split("\0") if p and os.path.isfile(os.path.join(repo, p))]
-
-
-def copy_tree(repo, dest):
-    for rel in tracked_and_untracked_files(repo):
+    for rel in filter(None, out.stdout.decode().split("\0")):
+        if not os.path.isfile(os.path.join(repo, rel)):  # deleted but still in the index, or a submodule
+            continue
         target = os.path.join(dest, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(os.path.join(repo, rel), target)
@@ -109,8 +108,7 @@ def check_pattern(root, mutant):
     path = os.path.join(root, mutant.path)
     if not os.path.exists(path):
         raise SystemExit(f"mutant {mutant.name}: {mutant.path} does not exist; update dev/mutants.py")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = Path(path).read_text(encoding="utf-8")
     count = text.count(mutant.pattern)
     if count != 1:
         raise SystemExit(f"mutant {mutant.name}: pattern {mutant.pattern!r} occurs {count} times in {mutant.path} "
@@ -163,21 +161,18 @@ def main(argv=None):
 
     rows = []
     for mutant in mutants:
-        path = os.path.join(root, mutant.path)
+        path = Path(root, mutant.path)
         original = check_pattern(root, mutant)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(original.replace(mutant.pattern, mutant.replacement))
+        path.write_text(original.replace(mutant.pattern, mutant.replacement), encoding="utf-8")
         start = time.time()
         status = run_tests(root, mutant.tests, os.path.join(work, f"{mutant.name}.log"))
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(original)
+        path.write_text(original, encoding="utf-8")
         # 1: tests failed (caught); 0: all passed (missed); anything else: pytest could not run them
         verdict = {0: "SURVIVED", 1: "killed"}.get(status, f"ERROR (pytest exit {status})")
         rows.append((mutant.name, mutant.path, verdict, time.time() - start))
         print(f"{mutant.name}: {verdict}", flush=True)
 
-    print()
-    print(f"{'mutant':<28} {'file':<24} {'result':<24} {'seconds':>7}")
+    print(f"\n{'mutant':<28} {'file':<24} {'result':<24} {'seconds':>7}")
     print("-" * 86)
     for name, path, verdict, seconds in rows:
         print(f"{name:<28} {path:<24} {verdict:<24} {seconds:>7.1f}")

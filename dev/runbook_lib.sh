@@ -40,14 +40,25 @@ nc_note() {
 }
 
 nc_skipped() {
-    local name="$1" item
-    local list="${NANOCHAT_SKIP:-}"
+    local list="${NANOCHAT_SKIP:-}" item
     for item in ${list//,/ }; do
-        if [ "$item" = "$name" ]; then
+        if [ "$item" = "$1" ]; then
             return 0
         fi
     done
     return 1
+}
+
+# nc_not_run NAME DRY_LINE : true when stage NAME does not run now, after saying why: it is listed in
+# NANOCHAT_SKIP, or this is a dry run (which prints DRY_LINE instead).
+nc_not_run() {
+    if nc_skipped "$1"; then
+        nc_note "skipping stage '$1' (listed in NANOCHAT_SKIP)"
+    elif nc_dry_run; then
+        echo "$2"
+    else
+        return 1
+    fi
 }
 
 nc_fail() {
@@ -70,80 +81,49 @@ nc_init() {
     echo "$NC_TAG base dir: $NANOCHAT_BASE_DIR  logs: $(nc_log_dir)"
 }
 
-# nc_tee LOG command... : run the command with its output on the terminal and in LOG; sets
-# NC_STATUS to the command's own exit status (not tee's), whatever the caller's errexit/pipefail.
-nc_tee() {
-    local log="$1"
-    shift
-    local errexit=0
-    case $- in *e*) errexit=1 ;; esac
-    set +e
-    "$@" 2>&1 | tee "$log"
-    NC_STATUS=${PIPESTATUS[0]}
-    if [ "$errexit" = "1" ]; then
-        set -e
-    fi
-}
-
-# nc_run_logged NAME LABEL command... : announce a stage and run it with its output tee'd to the
-# stage's log; sets NC_STATUS (exit code), NC_LOG (log path) and NC_START (start time).
+# nc_run_logged NAME LABEL command... : announce a stage and run it with its output on the terminal
+# and in the stage's log (NC_LOG); NC_STATUS is the command's own exit status (not tee's), whatever
+# the caller's errexit/pipefail: errexit is off inside a group tested by `||`.
 nc_run_logged() {
-    local name="$1" label="$2"
+    local name="$1" label="$2" start=$SECONDS
     shift 2
     NC_LOG="$(nc_log_dir)/$name.log"
     mkdir -p "$(nc_log_dir)"
     echo "$NC_TAG ==> $name$label: $(nc_print_command "$@")"
-    NC_START=$SECONDS
-    nc_tee "$NC_LOG" "$@"
+    { "$@" 2>&1 | tee "$NC_LOG"; NC_STATUS=${PIPESTATUS[0]}; } || true
+    if [ "$NC_STATUS" -eq 0 ]; then
+        echo "$NC_TAG <== $name finished in $((SECONDS - start))s (log: $NC_LOG)"
+    fi
 }
 
 # run_stage NAME command... : run one pipeline stage (see the top of this file).
 run_stage() {
     local name="$1"
     shift
-    if nc_skipped "$name"; then
-        nc_note "skipping stage '$name' (listed in NANOCHAT_SKIP)"
-        return 0
-    fi
-    if nc_dry_run; then
-        nc_print_command "$@"
-        return 0
-    fi
+    nc_not_run "$name" "$(nc_print_command "$@")" && return 0
     nc_run_logged "$name" "" "$@"
     if [ "$NC_STATUS" -ne 0 ]; then
         nc_fail "$name" "$NC_STATUS"
     fi
-    echo "$NC_TAG <== $name finished in $((SECONDS - NC_START))s (log: $NC_LOG)"
 }
 
-# run_optional_stage NAME command... : like run_stage, but a failure only warns.
+# run_optional_stage NAME command... : like run_stage, but a failure only warns (and returns 1).
 run_optional_stage() {
     local name="$1"
     shift
-    if nc_skipped "$name" || nc_dry_run; then
-        run_stage "$name" "$@"
-        return 0
-    fi
+    nc_not_run "$name" "$(nc_print_command "$@")" && return 0
     nc_run_logged "$name" " (optional)" "$@"
     if [ "$NC_STATUS" -ne 0 ]; then
         echo "$NC_TAG warning: optional stage '$name' failed with exit code $NC_STATUS; continuing (log: $NC_LOG)" >&2
         return 1
     fi
-    echo "$NC_TAG <== $name finished in $((SECONDS - NC_START))s (log: $NC_LOG)"
 }
 
 # start_background NAME command... : run a stage in the background (output only in its log).
 start_background() {
     local name="$1"
     shift
-    if nc_skipped "$name"; then
-        nc_note "skipping stage '$name' (listed in NANOCHAT_SKIP)"
-        return 0
-    fi
-    if nc_dry_run; then
-        echo "$(nc_print_command "$@") &"
-        return 0
-    fi
+    nc_not_run "$name" "$(nc_print_command "$@") &" && return 0
     mkdir -p "$(nc_log_dir)"
     echo "$NC_TAG ==> $name (background): $(nc_print_command "$@")"
     "$@" > "$(nc_log_dir)/$name.log" 2>&1 &

@@ -19,8 +19,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable, Optional
+from unittest import mock
 
 from nanochat.execution import MAX_FILE_BYTES, execute_code, isolation_mode
 
@@ -167,11 +169,7 @@ class Bait:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-@dataclass
-class Row:
-    attack: str
-    happened: str
-    contained: bool
+Row = namedtuple("Row", "attack happened contained")
 
 
 def run_attack(attack, bait, mode):
@@ -199,14 +197,12 @@ def main():
                 print(f"| {row.attack:<62} | {row.happened:<100} | {'yes' if row.contained else 'NO':<9} |")
             print(f"\ncontained: {sum(r.contained for r in rows)}/{len(rows)}")
     # the fallback is never chosen silently for root: auto on a host with neither tool
-    with tempfile.TemporaryDirectory() as empty:
-        path, os.environ["PATH"] = os.environ["PATH"], empty
+    with tempfile.TemporaryDirectory() as empty, mock.patch.dict(os.environ, PATH=empty):
+        auto = f"\nauto, with neither bwrap nor unshare on PATH, as uid {os.geteuid()}:"
         try:
-            print(f"\nauto, with neither bwrap nor unshare on PATH, as uid {os.geteuid()}: {isolation_mode('auto')}")
+            print(f"{auto} {isolation_mode('auto')}")
         except RuntimeError as refusal:
-            print(f"\nauto, with neither bwrap nor unshare on PATH, as uid {os.geteuid()}: refused: {refusal}")
-        finally:
-            os.environ["PATH"] = path
+            print(f"{auto} refused: {refusal}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ streaming and captures the page. Needs a Chromium binary (Debian: apt-get instal
 
 import argparse
 import base64
+import contextlib
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -21,18 +23,13 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 def find_chromium():
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
 
 
 # -----------------------------------------------------------------------------
@@ -40,18 +37,14 @@ def find_chromium():
 
 def demo_pool(num_workers=1, seed=0):
     """A WorkerPool serving an untrained depth-2 GPT that writes random lowercase words."""
-    import tiktoken
     import torch
 
+    from dev.demo import byte_tokenizer
     from nanochat.engine import Engine
     from nanochat.gpt import GPT, config_for_depth
     from nanochat.serving import Worker, WorkerPool
-    from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, RustBPETokenizer
 
-    ranks = {bytes([i]): i for i in range(256)}
-    specials = {name: 256 + i for i, name in enumerate(SPECIAL_TOKENS)}
-    tokenizer = RustBPETokenizer(tiktoken.Encoding(name="bytes", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
-                                                   special_tokens=specials), "<|bos|>")
+    tokenizer = byte_tokenizer()
     allowed = [ord(c) for c in "abcdefghijklmnopqrstuvwxyz     "] + [tokenizer.encode_special("<|assistant_end|>")]
     mask = torch.full((tokenizer.get_vocab_size(),), -1e4)
     mask[allowed] = 0.0
@@ -67,7 +60,7 @@ def demo_pool(num_workers=1, seed=0):
         model.lm_head.weight.normal_(0, 0.3)
     model.eval()
     engine = Engine(model, tokenizer)
-    workers = [Worker(i, torch.device("cpu"), engine, tokenizer, nullcontext()) for i in range(num_workers)]
+    workers = [Worker(i, torch.device("cpu"), engine, tokenizer, contextlib.nullcontext()) for i in range(num_workers)]
     return WorkerPool(workers=workers)
 
 
@@ -140,13 +133,11 @@ class DevToolsPipe:
                 return reply.get("result", {})
 
     def _read_message(self, deadline):
-        import select
         while b"\0" not in self._buffer:
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise TimeoutError("Chromium did not answer in time")
-            ready, _, _ = select.select([self._from_browser], [], [], remaining)
-            if ready:
+            if select.select([self._from_browser], [], [], remaining)[0]:
                 chunk = os.read(self._from_browser, 1 << 20)
                 if not chunk:
                     raise RuntimeError("Chromium closed the DevTools pipe")
@@ -176,20 +167,16 @@ class DevToolsPipe:
         raise TimeoutError(f"timed out waiting for: {expression}")
 
     def close(self):
-        try:
+        with contextlib.suppress(Exception):  # the browser may already be gone
             self.send("Browser.close", session=False, timeout=5)
-        except Exception:  # the browser may already be gone
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
         for fd in (self._to_browser, self._from_browser):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
@@ -205,8 +192,7 @@ def screenshot_chat(url, out_path, message, chromium=None, timeout=90):
         browser.wait_for("document.readyState === 'complete' && typeof sendMessage === 'function'", timeout)
         browser.evaluate("document.getElementById('input').focus()")
         browser.send("Input.insertText", {"text": message})
-        for kind in ("keyDown", "keyUp"):
-            text = "\r" if kind == "keyDown" else ""
+        for kind, text in (("keyDown", "\r"), ("keyUp", "")):
             browser.send("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
                                                     "windowsVirtualKeyCode": 13, "text": text})
         browser.wait_for("messages.length === 2 && !isGenerating || document.querySelector('.error') !== null", timeout)
@@ -231,15 +217,11 @@ def main():
     parser.add_argument("--chromium", default=None, help="path of the Chromium binary")
     args = parser.parse_args()
     sys.path.insert(0, REPO)
-    stop = None
-    url = args.url
-    if url is None:
-        url, stop = start_demo_server()
+    url, stop = start_demo_server() if args.url is None else (args.url, lambda: None)
     try:
         shown = screenshot_chat(url, args.out, args.message, args.chromium)
     finally:
-        if stop is not None:
-            stop()
+        stop()
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     print(f"Saved {args.out}")
 
