@@ -15,16 +15,16 @@ conversation rendering does. Errors use OpenAI's shape: {"error": {message, type
 """
 
 import json
-import random
 import time
 import uuid
+from itertools import accumulate
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StrictBool
+from pydantic import BaseModel, StrictBool
 
-from nanochat.serving import (MAX_MAX_TOKENS, RequestError, Sampling, check_choices, check_messages,
-                              check_sampling, render_prompt)
+from nanochat.serving import (MAX_MAX_TOKENS, RequestError, check_choices, check_messages, check_range, check_sampling,
+                              render_prompt, request_sampling)
 
 router = APIRouter(prefix="/v1")
 CREATED = int(time.time())
@@ -32,10 +32,13 @@ SYSTEM_ROLES = ("system", "developer")
 MAX_PROMPTS = 16  # prompts in one /v1/completions request
 
 
-def openai_error(status, message, param=None, code=None):
+def error_body(status, message, param=None, code=None):
     kind = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def openai_error(status, message, param=None, code=None):
+    return JSONResponse(error_body(status, message, param, code), status_code=status)
 
 
 def model_id(settings):
@@ -44,25 +47,21 @@ def model_id(settings):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
     type: str
     text: str | None = None
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
     role: str
     content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
     include_usage: bool | None = None
 
 
 class SamplingRequest(BaseModel):
-    """The fields both completion routes share."""
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI parameters are ignored
+    """The fields both completion routes share; unknown OpenAI parameters are ignored (pydantic's default)."""
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -99,13 +98,11 @@ def message_text(index, message):
         raise RequestError(f"message {index} has no content", f"messages[{index}].content")
     if isinstance(message.content, str):
         return message.content
-    texts = []
     for part in message.content:
         if part.type != "text" or part.text is None:
             raise RequestError(f"message {index}: only text content parts are supported, got {part.type!r}",
                                f"messages[{index}].content")
-        texts.append(part.text)
-    return "".join(texts)
+    return "".join(part.text for part in message.content)
 
 
 def fold_system_messages(messages):
@@ -133,23 +130,9 @@ def check_unsupported(body):
         raise RequestError("best_of other than n is not supported", "best_of")
 
 
-def sampling_for(body, settings, max_tokens, top_logprobs=None, prompt_logprobs=False):
-    """The request's Sampling, with the server's defaults for what it leaves out."""
-    stop = body.stop if body.stop is not None else ()
-    return Sampling(
-        temperature=settings.temperature if body.temperature is None else body.temperature,
-        top_k=settings.top_k if body.top_k is None else body.top_k,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
-        seed=random.randint(0, 2**31 - 1) if body.seed is None else body.seed,
-        n=body.n or 1, stop=(stop,) if isinstance(stop, str) else tuple(stop),
-        logprobs=top_logprobs, prompt_logprobs=prompt_logprobs)
-
-
-def check_prompt_length(tokens, pool, param="messages"):
+def check_prompt_length(tokens, pool, param="messages", what="the prompt"):
     if len(tokens) >= pool.max_context:
-        raise RequestError(f"the prompt is {len(tokens)} tokens; this model handles fewer than {pool.max_context}",
-                           param)
+        raise RequestError(f"{what} is {len(tokens)} tokens; this model handles fewer than {pool.max_context}", param)
 
 
 def prepare_chat(body, request):
@@ -168,22 +151,58 @@ def prepare_chat(body, request):
     tokens = render_prompt(pool.tokenizer, messages)
     check_prompt_length(tokens, pool)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    return tokens, sampling_for(body, request.app.state.settings, max_tokens, top_logprobs=top)
+    return tokens, request_sampling(request.app.state.settings, body.temperature, body.top_k, max_tokens, body.seed,
+                                    body.top_p, body.n, body.stop, logprobs=top)
 
 
-def usage(prompt_tokens, completion_tokens):
+def usage(generations):
+    prompt_tokens = sum(len(g.tokens) for g in generations)
+    completion_tokens = sum(c.completion_tokens for g in generations for c in g.choices)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def token_text(tokenizer, token):
-    return tokenizer.decode([token])
+def response_meta(prefix, request):
+    return dict(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model_id(request.app.state.settings))
+
+
+async def run_all(generations, request):
+    """Decode every generation to its end; None, or the 500 reply when the generation failed."""
+    try:
+        for generation in generations:
+            async for _ in generation.events(request.is_disconnected):
+                pass
+    except RuntimeError as e:
+        return openai_error(500, str(e))
+    finally:
+        for generation in generations:
+            generation.cancel()
+
+
+def sse(payload):
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def stream_response(body, generation, head, choices):
+    """The SSE reply of either route: a chunk (`head` + one choice) per dict that `choices` yields,
+    an in-stream error if the generation fails, the usage chunk when asked for, then `data: [DONE]`."""
+    async def events():
+        try:
+            async for choice in choices:
+                yield sse({**head, "choices": [choice]})
+        except RuntimeError as e:
+            yield sse(error_body(500, str(e)))
+            return
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse({**head, "choices": [], "usage": usage([generation])})
+        yield "data: [DONE]\n\n"
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def chat_logprobs(tokenizer, entries):
     """OpenAI's chat `logprobs` object of a list of our entries."""
     def item(token, logprob):
-        text = token_text(tokenizer, token)
+        text = tokenizer.decode([token])
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
     return {"content": [{**item(e["id"], e["logprob"]), "top_logprobs": [item(t, lp) for t, lp in e["top"]]}
                         for e in entries]}
@@ -200,56 +219,31 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     tokens, sampling = prepare_chat(body, request)
     pool = request.app.state.worker_pool
     generation = pool.submit(tokens, sampling)  # ServerBusy -> 429 before any byte is sent
-    meta = dict(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model_id(request.app.state.settings))
+    meta = response_meta("chatcmpl", request)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(stream_chat(pool, generation, meta, include_usage, request),
-                                 media_type="text/event-stream")
-    try:
-        await generation.run_to_end(request.is_disconnected)
-    except RuntimeError as e:
-        return openai_error(500, str(e))
+        head = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
+        return stream_response(body, generation, head, chat_chunks(pool, generation, request))
+    if failed := await run_all([generation], request):
+        return failed
     choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                 "logprobs": chat_logprobs(pool.tokenizer, c.logprobs) if sampling.logprobs is not None else None,
                 "finish_reason": c.finish_reason} for c in generation.choices]
     return {**meta, "object": "chat.completion", "system_fingerprint": None, "choices": choices,
-            "usage": usage(len(tokens), sum(c.completion_tokens for c in generation.choices))}
+            "usage": usage([generation])}
 
 
-def sse(payload):
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-async def stream_error(e):
-    return sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
-
-
-async def stream_chat(pool, generation, meta, include_usage, request):
-    """chat.completion.chunk events (one choice per chunk), then `data: [DONE]`."""
-
-    def chunk(choices, **extra):
-        return sse({**meta, "object": "chat.completion.chunk", "system_fingerprint": None, "choices": choices,
-                    **extra})
-
-    with_logprobs = generation.sampling.logprobs is not None
+async def chat_chunks(pool, generation, request):
+    """The choices of the chat.completion.chunk events: a role, the content pieces, the finish reason.
+    (An event has a logprob entry exactly when the request asked for logprobs.)"""
     for choice in generation.choices:
-        yield chunk([{"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None}])
-    try:
-        async for choice, text, entry in generation.events(request.is_disconnected):
-            logprobs = chat_logprobs(pool.tokenizer, [entry]) if with_logprobs and entry is not None else None
-            if text or logprobs:
-                yield chunk([{"index": choice.index, "delta": {"content": text}, "logprobs": logprobs,
-                              "finish_reason": None}])
-            if choice.finish_reason is not None:
-                yield chunk([{"index": choice.index, "delta": {}, "logprobs": None,
-                              "finish_reason": choice.finish_reason}])
-    except RuntimeError as e:
-        yield await stream_error(e)
-        return
-    if include_usage:
-        yield chunk([], usage=usage(len(generation.tokens), sum(c.completion_tokens for c in generation.choices)))
-    yield "data: [DONE]\n\n"
+        yield {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+               "finish_reason": None}
+    async for choice, text, entry in generation.events(request.is_disconnected):
+        logprobs = chat_logprobs(pool.tokenizer, [entry]) if entry is not None else None
+        if text or logprobs:
+            yield {"index": choice.index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
+        if choice.finish_reason is not None:
+            yield {"index": choice.index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason}
 
 
 # -----------------------------------------------------------------------------
@@ -265,34 +259,26 @@ def prepare_completion(body, request):
         raise RequestError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", "prompt")
     if len(prompts) > 1 and body.stream:
         raise RequestError("streaming takes a single prompt", "prompt")
-    if body.max_tokens is not None and not (0 <= body.max_tokens <= MAX_MAX_TOKENS):
-        raise RequestError(f"max_tokens must be between 0 and {MAX_MAX_TOKENS}, got {body.max_tokens}", "max_tokens")
+    check_range("max_tokens", body.max_tokens, 0, MAX_MAX_TOKENS)
     if body.max_tokens == 0 and body.stream:
         raise RequestError("max_tokens=0 (scoring the prompt) needs stream=false", "max_tokens")
     check_sampling(body.temperature, body.top_k, seed=body.seed)
     check_choices(body.n, body.stop, body.top_p, body.logprobs, top_logprobs_param="logprobs")
     pool = request.app.state.worker_pool
-    tokenizer = pool.tokenizer
-    token_lists = []
-    for prompt in prompts:
-        tokens = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+    token_lists = [pool.tokenizer.encode(prompt, prepend=pool.tokenizer.get_bos_token_id()) for prompt in prompts]
+    for tokens in token_lists:
         check_prompt_length(tokens, pool, "prompt")
-        token_lists.append(tokens)
-    prompt_logprobs = bool(body.echo) and body.logprobs is not None
-    return prompts, token_lists, sampling_for(body, request.app.state.settings, body.max_tokens,
-                                              top_logprobs=body.logprobs, prompt_logprobs=prompt_logprobs)
+    return prompts, token_lists, request_sampling(
+        request.app.state.settings, body.temperature, body.top_k, body.max_tokens, body.seed, body.top_p, body.n,
+        body.stop, logprobs=body.logprobs, prompt_logprobs=bool(body.echo) and body.logprobs is not None)
 
 
 def completion_logprobs(tokenizer, entries, offset):
     """OpenAI's (legacy) completions `logprobs`: tokens, token_logprobs, top_logprobs, text_offset."""
-    tokens, offsets = [], []
-    for entry in entries:
-        tokens.append(token_text(tokenizer, entry["id"]))
-        offsets.append(offset)
-        offset += len(tokens[-1])
+    tokens = [tokenizer.decode([e["id"]]) for e in entries]
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{token_text(tokenizer, t): lp for t, lp in e["top"]} for e in entries],
-            "text_offset": offsets}
+            "top_logprobs": [{tokenizer.decode([t]): lp for t, lp in e["top"]} for e in entries],
+            "text_offset": list(accumulate(map(len, tokens), initial=offset))[:-1]}  # where each token starts
 
 
 @router.post("/completions")
@@ -307,19 +293,12 @@ async def completions(body: CompletionRequest, request: Request):
         for generation in generations:
             generation.cancel()
         raise
-    meta = dict(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=model_id(request.app.state.settings))
+    meta = response_meta("cmpl", request)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(stream_completion(pool, generations[0], prompts[0], body.echo, meta,
-                                                   include_usage, request), media_type="text/event-stream")
-    try:
-        for generation in generations:
-            await generation.run_to_end(request.is_disconnected)
-    except RuntimeError as e:
-        return openai_error(500, str(e))
-    finally:
-        for generation in generations:
-            generation.cancel()
+        chunks = completion_chunks(pool, generations[0], prompts[0], body.echo, request)
+        return stream_response(body, generations[0], {**meta, "object": "text_completion"}, chunks)
+    if failed := await run_all(generations, request):
+        return failed
     choices = []
     for prompt, generation in zip(prompts, generations):
         for c in generation.choices:
@@ -329,29 +308,17 @@ async def completions(body: CompletionRequest, request: Request):
                 logprobs = completion_logprobs(pool.tokenizer, entries, 0 if body.echo else len(prompt))
             choices.append({"index": len(choices), "text": (prompt if body.echo else "") + c.text,
                             "logprobs": logprobs, "finish_reason": c.finish_reason})
-    completion_tokens = sum(c.completion_tokens for g in generations for c in g.choices)
     return {**meta, "object": "text_completion", "system_fingerprint": None, "choices": choices,
-            "usage": usage(sum(len(t) for t in token_lists), completion_tokens)}
+            "usage": usage(generations)}
 
 
-async def stream_completion(pool, generation, prompt, echo, meta, include_usage, request):
-    def chunk(choices, **extra):
-        return sse({**meta, "object": "text_completion", "choices": choices, **extra})
-
-    with_logprobs = generation.sampling.logprobs is not None
+async def completion_chunks(pool, generation, prompt, echo, request):
+    """The choices of the streamed text_completion events: the echoed prompt, then the text pieces."""
     if echo:
         for choice in generation.choices:
-            yield chunk([{"index": choice.index, "text": prompt, "logprobs": None, "finish_reason": None}])
-    try:
-        async for choice, text, entry in generation.events(request.is_disconnected):
-            logprobs = None
-            if with_logprobs and entry is not None:
-                logprobs = completion_logprobs(pool.tokenizer, [entry], len(prompt) + len(choice.text) - len(text))
-            yield chunk([{"index": choice.index, "text": text, "logprobs": logprobs,
-                          "finish_reason": choice.finish_reason}])
-    except RuntimeError as e:
-        yield await stream_error(e)
-        return
-    if include_usage:
-        yield chunk([], usage=usage(len(generation.tokens), sum(c.completion_tokens for c in generation.choices)))
-    yield "data: [DONE]\n\n"
+            yield {"index": choice.index, "text": prompt, "logprobs": None, "finish_reason": None}
+    async for choice, text, entry in generation.events(request.is_disconnected):
+        logprobs = None
+        if entry is not None:
+            logprobs = completion_logprobs(pool.tokenizer, [entry], len(prompt) + len(choice.text) - len(text))
+        yield {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": choice.finish_reason}

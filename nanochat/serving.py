@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nanochat.common import autocast_context
+from nanochat.common import autocast_context, autodetect_device_type
 from nanochat.engine import Engine, ReplyDecoder, RowKVCache, RowState, sample_rows
 
 logger = logging.getLogger(__name__)
@@ -47,39 +47,28 @@ class RequestError(ValueError):
 
 
 # -----------------------------------------------------------------------------
-# loading
-
-def load_chat_model(source, device, model_tag=None, step=None):
-    """(model, tokenizer, meta) of a trained checkpoint, or FileNotFoundError saying where we
-    looked and which stage produces the checkpoint."""
-    from nanochat.checkpoint_manager import load_model
-    return load_model(source, device, phase="eval", model_tag=model_tag, step=step)
-
-
-# -----------------------------------------------------------------------------
 # validation and prompts
 
 SEED_RANGE = (-2**63, 2**63 - 1)  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 
+def check_range(param, value, low, high):
+    """Raise RequestError when `value` is given and outside [low, high]."""
+    if value is not None and not (low <= value <= high):
+        raise RequestError(f"{param} must be between {low} and {high}, got {value}", param)
+
+
 def check_sampling(temperature=None, top_k=None, max_tokens=None, max_tokens_param="max_tokens", seed=None):
     """Raise RequestError when a given sampling setting is outside the server's limits."""
-    if seed is not None and not (SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
-        raise RequestError(f"seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}", "seed")
-    if temperature is not None and not (MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
-        raise RequestError(f"temperature must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE}, got {temperature}",
-                           "temperature")
-    if top_k is not None and not (MIN_TOP_K <= top_k <= MAX_TOP_K):
-        raise RequestError(f"top_k must be between {MIN_TOP_K} and {MAX_TOP_K}, got {top_k}", "top_k")
-    if max_tokens is not None and not (MIN_MAX_TOKENS <= max_tokens <= MAX_MAX_TOKENS):
-        raise RequestError(f"{max_tokens_param} must be between {MIN_MAX_TOKENS} and {MAX_MAX_TOKENS}, "
-                           f"got {max_tokens}", max_tokens_param)
+    check_range("seed", seed, *SEED_RANGE)
+    check_range("temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
+    check_range("top_k", top_k, MIN_TOP_K, MAX_TOP_K)
+    check_range(max_tokens_param, max_tokens, MIN_MAX_TOKENS, MAX_MAX_TOKENS)
 
 
 def check_choices(n=None, stop=None, top_p=None, top_logprobs=None, top_logprobs_param="top_logprobs"):
     """Raise RequestError when n, stop, top_p or the number of top logprobs is outside the limits."""
-    if n is not None and not (1 <= n <= MAX_CHOICES):
-        raise RequestError(f"n must be between 1 and {MAX_CHOICES}, got {n}", "n")
+    check_range("n", n, 1, MAX_CHOICES)
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
         if len(stops) > MAX_STOP_STRINGS:
@@ -88,9 +77,7 @@ def check_choices(n=None, stop=None, top_p=None, top_logprobs=None, top_logprobs
             raise RequestError("stop strings must not be empty", "stop")
     if top_p is not None and not (0.0 < top_p <= 1.0):
         raise RequestError(f"top_p must be in (0, 1], got {top_p}", "top_p")
-    if top_logprobs is not None and not (0 <= top_logprobs <= MAX_TOP_LOGPROBS):
-        raise RequestError(f"{top_logprobs_param} must be between 0 and {MAX_TOP_LOGPROBS}, got {top_logprobs}",
-                           top_logprobs_param)
+    check_range(top_logprobs_param, top_logprobs, 0, MAX_TOP_LOGPROBS)
 
 
 def check_messages(messages, allowed_roles=("user", "assistant")):
@@ -117,9 +104,7 @@ def check_messages(messages, allowed_roles=("user", "assistant")):
 
 def describe_validation_errors(errors):
     """(message, param) for the first of pydantic's error dicts, worded for an API user."""
-    if not errors:
-        return "invalid request", None
-    error = errors[0]
+    error = errors[0]  # pydantic reports at least one
     loc = [part for part in error.get("loc", ()) if part != "body"]
     param = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc)) or None
     kind = error.get("type", "")
@@ -139,10 +124,8 @@ def render_prompt(tokenizer, messages):
     special = tokenizer.encode_special
     tokens = [tokenizer.get_bos_token_id()]
     for role, content in messages:
-        if role == "user":
-            tokens += [special("<|user_start|>"), *tokenizer.encode(content), special("<|user_end|>")]
-        else:
-            tokens += [special("<|assistant_start|>"), *tokenizer.encode(content), special("<|assistant_end|>")]
+        role = "user" if role == "user" else "assistant"
+        tokens += [special(f"<|{role}_start|>"), *tokenizer.encode(content), special(f"<|{role}_end|>")]
     tokens.append(special("<|assistant_start|>"))
     return tokens
 
@@ -163,6 +146,17 @@ class Sampling:
     stop: tuple = ()
     logprobs: int | None = None
     prompt_logprobs: bool = False
+
+
+def request_sampling(settings, temperature=None, top_k=None, max_tokens=None, seed=None, top_p=None, n=None,
+                     stop=None, **rest):
+    """A request's Sampling, with the server's defaults (`settings`) for what it leaves out."""
+    return Sampling(temperature=settings.temperature if temperature is None else temperature,
+                    top_k=settings.top_k if top_k is None else top_k,
+                    max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
+                    seed=random.randint(0, 2**31 - 1) if seed is None else seed,
+                    top_p=1.0 if top_p is None else top_p, n=n or 1,
+                    stop=() if stop is None else (stop,) if isinstance(stop, str) else tuple(stop), **rest)
 
 
 class ServerBusy(RuntimeError):
@@ -208,11 +202,9 @@ class Choice:
 
 
 class Generation:
-    """
-    One request in a DecodeLoop: its n choices decode as rows of the running batch. The decode
+    """One request in a DecodeLoop: its n choices decode as rows of the running batch. The decode
     thread reports (choice index, new text, logprob entry or None, finished) through an asyncio
-    queue; `events()` reads them in the event loop.
-    """
+    queue; `events()` reads them in the event loop."""
 
     def __init__(self, tokens, sampling, loop):
         self.tokens, self.sampling = tokens, sampling
@@ -226,7 +218,10 @@ class Generation:
         self.cancelled.set()
 
     def report(self, item):  # called by the decode thread
-        _call_in_loop(self._loop, self._queue.put_nowait, item)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shut down): nothing left to notify
+            pass
 
     async def events(self, is_disconnected=None):
         """Yield (choice, text, logprob entry) as tokens arrive, until every choice has finished.
@@ -250,11 +245,6 @@ class Generation:
         finally:
             self.cancel()
 
-    async def run_to_end(self, is_disconnected=None):
-        async for _ in self.events(is_disconnected):
-            pass
-        return self
-
 
 class Row:
     """The decode state of one choice: its sampler, tool state, text decoder and stop matcher."""
@@ -271,13 +261,11 @@ class Row:
 
 
 class DecodeLoop:
-    """
-    The continuous-batching decode of one model replica, in its own thread. Each step it admits
+    """The continuous-batching decode of one model replica, in its own thread. Each step it admits
     waiting requests while rows are free (prefilling each prompt once at batch 1 and copying its
     cache into one row per choice), runs one batched forward for every live row, samples each row
     with its own settings, and retires rows that are done (end of reply, stop string, max_tokens,
-    end of context, client gone) so that waiting requests can take their place.
-    """
+    end of context, client gone) so that waiting requests can take their place."""
 
     def __init__(self, worker, max_rows=8, max_queue=32):
         self.worker, self.max_rows, self.max_queue = worker, max_rows, max_queue
@@ -287,7 +275,7 @@ class DecodeLoop:
         self.waiting = deque()
         self.rows = []  # live rows, packed: rows[i] decodes in row i of the cache
         self.cache = None  # a RowKVCache, allocated at the first prefill (it takes the keys' dtype)
-        self.recent = deque()  # (time, tokens) of the last steps, for tokens/s
+        self.recent = deque(maxlen=1000)  # (time, tokens) of the last steps, for tokens/s
         self.wakeup = threading.Condition()
         threading.Thread(target=self._run, daemon=True, name=f"decode-{worker.gpu_id}").start()
 
@@ -308,8 +296,7 @@ class DecodeLoop:
 
     def tokens_per_second(self, window=10.0):
         now = time.monotonic()
-        recent = [(t, n) for t, n in list(self.recent) if now - t <= window]
-        return sum(n for _, n in recent) / window if recent else 0.0
+        return sum(n for t, n in list(self.recent) if now - t <= window) / window
 
     # --- the decode thread
 
@@ -379,8 +366,6 @@ class DecodeLoop:
         if any(row.generation.sampling.logprobs is not None for row in rows):
             logprobs = F.log_softmax(logits.float(), dim=-1)
         self.recent.append((time.monotonic(), len(rows)))
-        while len(self.recent) > 1000:
-            self.recent.popleft()
         for i, (row, token) in enumerate(zip(rows, sampled)):
             if row.tool.forced_tokens:  # the calculator's output is forced, not sampled
                 token = row.tool.forced_tokens.popleft()
@@ -392,10 +377,9 @@ class DecodeLoop:
             text, stopped = row.stop.feed(row.decoder.add(token))
             if stopped or row.decoder.stop:
                 self._finish(row, "stop", text, entry)
-            elif row.choice.completion_tokens >= row.generation.sampling.max_tokens:
+            elif (row.choice.completion_tokens >= row.generation.sampling.max_tokens
+                  or len(row.generation.tokens) + row.choice.completion_tokens >= self.max_len):  # context full
                 self._finish(row, "length", text, entry)
-            elif len(row.generation.tokens) + row.choice.completion_tokens >= self.max_len:
-                self._finish(row, "length", text, entry)  # the context is full
             elif text or entry is not None:
                 row.generation.report((row.choice.index, text, entry, False))
 
@@ -456,17 +440,17 @@ class WorkerPool:
         self.loops = []
 
     def load(self, source, model_tag=None, step=None, device_type=None, dtype="bfloat16"):
-        """Load the model: one replica per CUDA device, or workers sharing one model on CPU/MPS."""
-        if device_type is None:
-            from nanochat.common import autodetect_device_type
-            device_type = autodetect_device_type()
+        """Load the model: one replica per CUDA device, or workers sharing one model on CPU/MPS;
+        FileNotFoundError says where we looked and which stage produces the checkpoint."""
+        from nanochat.checkpoint_manager import load_model
+        device_type = device_type or autodetect_device_type()
         if device_type == "cuda":
             count = self.num_gpus or torch.cuda.device_count()
             if count > torch.cuda.device_count():
                 raise ValueError(f"--num-gpus={count} but only {torch.cuda.device_count()} CUDA devices are visible")
             for gpu_id in range(count):
                 device = torch.device(f"cuda:{gpu_id}")
-                model, tokenizer, _ = load_chat_model(source, device, model_tag, step)
+                model, tokenizer, _ = load_model(source, device, "eval", model_tag, step)
                 self.workers.append(Worker(gpu_id, device, Engine(model, tokenizer), tokenizer,
                                            autocast_context(device_type, dtype)))
                 logger.info(f"Loaded a {source} model on {device}")
@@ -476,7 +460,7 @@ class WorkerPool:
             raise ValueError("more than one worker needs CUDA; use --num-gpus=1 on MPS")
         device = torch.device(device_type)
         # a forward pass only reads the weights, so CPU workers can share one model
-        model, tokenizer, _ = load_chat_model(source, device, model_tag, step)
+        model, tokenizer, _ = load_model(source, device, "eval", model_tag, step)
         engine = Engine(model, tokenizer)
         self.workers = [Worker(i, device, engine, tokenizer, nullcontext()) for i in range(count)]
         logger.info(f"Loaded a {source} model on {device} for {count} worker(s)")
@@ -488,10 +472,6 @@ class WorkerPool:
             raise RuntimeError("the worker pool has no workers; load a model first")
         if not self.loops:
             self.loops = [DecodeLoop(w, self.max_rows, self.max_queue) for w in self.workers]
-
-    async def initialize(self, source, model_tag=None, step=None, device_type=None, dtype="bfloat16"):
-        await asyncio.to_thread(self.load, source, model_tag, step, device_type, dtype)
-        self.start()
 
     @property
     def ready(self):
@@ -523,10 +503,3 @@ class WorkerPool:
             "tokens_per_second": round(sum(loop.tokens_per_second() for loop in loops), 1),
             "idle_workers": sum(loop.load() == 0 for loop in loops),
         }
-
-
-def _call_in_loop(loop, fn, *args):
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the event loop is gone (server shut down): nothing left to notify
-        pass

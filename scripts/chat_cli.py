@@ -55,7 +55,6 @@ def chat(engine, tokenizer, prompt="", temperature=0.6, top_k=50, read=input, wr
     """The conversation loop. `read(prompt_text)` returns the user's line; EOF or Ctrl-C ends it."""
     if write is None:
         write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
-    autocast_ctx = autocast_ctx or nullcontext()
     special = tokenizer.encode_special
     bos = tokenizer.get_bos_token_id()
     conversation = [bos]
@@ -83,7 +82,7 @@ def chat(engine, tokenizer, prompt="", temperature=0.6, top_k=50, read=input, wr
         conversation += [special("<|user_start|>"), *tokenizer.encode(user_input), special("<|user_end|>"),
                          special("<|assistant_start|>")]
         write("\nAssistant: ")
-        with autocast_ctx:
+        with autocast_ctx or nullcontext():
             conversation += assistant_turn(engine, tokenizer, conversation, temperature, top_k, write)
         write("\n")
         if prompt:
@@ -91,15 +90,14 @@ def chat(engine, tokenizer, prompt="", temperature=0.6, top_k=50, read=input, wr
 
 
 def main(argv=None):
-    from nanochat.common import autodetect_device_type, compute_init
+    from nanochat.checkpoint_manager import load_model
+    from nanochat.common import autocast_context, autodetect_device_type, compute_init
     from nanochat.engine import Engine
-    from nanochat.common import autocast_context
-    from nanochat.serving import load_chat_model
     args = parse_args(argv)
     device_type = args.device_type or autodetect_device_type()
     _, _, _, _, device = compute_init(device_type)
-    try:
-        model, tokenizer, _ = load_chat_model(args.source, device, args.model_tag, args.step)
+    try:  # FileNotFoundError says where it looked and which stage produces the checkpoint
+        model, tokenizer, _ = load_model(args.source, device, "eval", args.model_tag, args.step)
     except (FileNotFoundError, ValueError) as e:
         print(f"chat_cli: {e}", file=sys.stderr)
         sys.exit(1)

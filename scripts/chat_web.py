@@ -17,12 +17,11 @@ per worker, then up to --max-queue requests wait, and beyond that the server ans
 import argparse
 import asyncio
 import hmac
-import json
 import logging
 import math
 import os
-import random
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 from fastapi import FastAPI, Request
@@ -33,13 +32,13 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from nanochat.serving import (RequestError, Sampling, ServerBusy, WorkerPool, check_messages, check_sampling,
-                              describe_validation_errors, render_prompt)
-from nanochat.openai_api import openai_error, router as openai_router
+from nanochat.serving import (RequestError, ServerBusy, WorkerPool, check_messages, check_sampling,
+                              describe_validation_errors, render_prompt, request_sampling)
+from nanochat.openai_api import check_prompt_length, openai_error, router as openai_router, sse
 
 logger = logging.getLogger("nanochat.chat_web")
 
-PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nanochat")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "nanochat"
 MAX_BODY_BYTES = 1 << 20  # a maximal conversation (32000 characters) is far below this
 
 DEFAULTS = SimpleNamespace(source="sft", model_tag=None, step=None, temperature=0.8, top_k=50, max_tokens=512,
@@ -59,21 +58,10 @@ class ChatRequest(BaseModel):
     seed: int | None = None
 
 
-def validate_chat_request(request):
-    """Raise RequestError (-> HTTP 400) when the UI request is outside the server's limits."""
-    check_messages([(m.role, m.content) for m in request.messages])
-    check_sampling(request.temperature, request.top_k, request.max_tokens, seed=request.seed)
-
-
-def sse(payload):
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-async def generate_stream(generation, request=None):
+async def generate_stream(generation, request):
     """SSE events of one reply: {"token", "gpu"} per piece of text, then {"done": true}."""
-    disconnected = request.is_disconnected if request is not None else None
     try:
-        async for _, text, _ in generation.events(disconnected):
+        async for _, text, _ in generation.events(request.is_disconnected):
             if text:
                 yield sse({"token": text, "gpu": generation.gpu_id})
     except RuntimeError as e:  # generation failed after the response started: say so in-stream
@@ -83,12 +71,31 @@ async def generate_stream(generation, request=None):
     yield sse({"done": True})
 
 
+def refusal(path, status, message, param=None, code=None):
+    """A refusal's JSON reply: {"detail": ...} on the UI API, OpenAI's shape under /v1."""
+    if path.startswith("/v1/"):
+        return openai_error(status, message, param=param, code=code)
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def http_refusal(path, exc):
+    code = getattr(exc, "code", None)  # BodyLimits' refusals have one
+    response = refusal(path, exc.status_code, str(exc.detail), code=code)
+    if code:
+        response.headers["connection"] = "close"  # the rest of the body is never read
+    return response
+
+
 class BodyTooLarge(StarletteHTTPException):
+    code = "request_too_large"
+
     def __init__(self, size):
         super().__init__(413, f"request body is too large ({size} bytes or more, at most {MAX_BODY_BYTES})")
 
 
 class BodyTooSlow(StarletteHTTPException):
+    code = "request_timeout"
+
     def __init__(self, seconds):
         super().__init__(408, f"the request body did not arrive within {seconds:g} seconds")
 
@@ -106,7 +113,7 @@ class BodyLimits:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", [])).get(b"content-length", b"0")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return await self.refuse(scope, receive, send, BodyTooLarge(int(length)))
+            return await http_refusal(scope["path"], BodyTooLarge(int(length)))(scope, receive, send)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout
         received, body_done = 0, False
@@ -129,12 +136,6 @@ class BodyLimits:
 
         return await self.app(scope, guarded_receive, send)
 
-    async def refuse(self, scope, receive, send, error):
-        response = (openai_error(error.status_code, error.detail, code="request_too_large")
-                    if scope["path"].startswith("/v1/") else JSONResponse({"detail": error.detail}, error.status_code))
-        response.headers["connection"] = "close"
-        return await response(scope, receive, send)
-
 
 class ApiKeyGuard:
     """When the server has an API key, the chat routes (/v1/*, /chat/completions) need
@@ -150,8 +151,7 @@ class ApiKeyGuard:
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 message = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
-                response = (openai_error(401, message, code="invalid_api_key") if path.startswith("/v1/")
-                            else JSONResponse({"detail": message}, 401))
+                response = refusal(path, 401, message, code="invalid_api_key")
                 response.headers["www-authenticate"] = "Bearer"
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
@@ -166,10 +166,9 @@ def create_app(worker_pool=None, settings=None):
     async def lifespan(app):
         pool = app.state.worker_pool
         if not pool.workers:
-            await pool.initialize(settings.source, settings.model_tag, settings.step,
-                                  settings.device_type, settings.dtype)
-        else:
-            pool.start()
+            await asyncio.to_thread(pool.load, settings.source, settings.model_tag, settings.step,
+                                    settings.device_type, settings.dtype)
+        pool.start()
         logger.info(f"Serving with {len(pool.workers)} worker(s)")
         yield
 
@@ -189,28 +188,23 @@ def create_app(worker_pool=None, settings=None):
 
     @app.get("/")
     async def root():
-        with open(os.path.join(PACKAGE_DIR, "ui.html"), encoding="utf-8") as f:
-            return HTMLResponse(f.read())
+        return HTMLResponse(PACKAGE_DIR.joinpath("ui.html").read_text(encoding="utf-8"))
 
     @app.get("/logo.svg")
     async def logo():
-        with open(os.path.join(PACKAGE_DIR, "logo.svg"), encoding="utf-8") as f:
-            return Response(f.read(), media_type="image/svg+xml")
+        return Response(PACKAGE_DIR.joinpath("logo.svg").read_text(encoding="utf-8"), media_type="image/svg+xml")
 
     @app.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        validate_chat_request(body)
+        messages = [(m.role, m.content) for m in body.messages]
+        check_messages(messages)  # RequestError -> 400 when the request is outside the server's limits
+        check_sampling(body.temperature, body.top_k, body.max_tokens, seed=body.seed)
         pool = request.app.state.worker_pool
         for m in body.messages:
             logger.info(f"[{m.role}] {m.content!r}")  # escaped: a newline in it cannot start a log line
-        tokens = render_prompt(pool.tokenizer, [(m.role, m.content) for m in body.messages])
-        if len(tokens) >= pool.max_context:
-            raise RequestError(f"conversation is {len(tokens)} tokens; this model handles fewer than "
-                               f"{pool.max_context}", "messages")
-        sampling = Sampling(temperature=settings.temperature if body.temperature is None else body.temperature,
-                            top_k=settings.top_k if body.top_k is None else body.top_k,
-                            max_tokens=settings.max_tokens if body.max_tokens is None else body.max_tokens,
-                            seed=random.randint(0, 2**31 - 1) if body.seed is None else body.seed)
+        tokens = render_prompt(pool.tokenizer, messages)
+        check_prompt_length(tokens, pool, what="conversation")
+        sampling = request_sampling(settings, body.temperature, body.top_k, body.max_tokens, body.seed)
         generation = pool.submit(tokens, sampling)  # ServerBusy -> 429 before the stream starts
         return StreamingResponse(generate_stream(generation, request), media_type="text/event-stream")
 
@@ -229,43 +223,30 @@ def create_app(worker_pool=None, settings=None):
 
 
 def _add_error_handlers(app):
-    """Every refusal is a 4xx JSON body: {"detail": ...} on the UI API, OpenAI's shape under /v1."""
-
-    def refuse(request, status, message, param=None, code=None):
-        if request.url.path.startswith("/v1/"):
-            return openai_error(status, message, param=param, code=code)
-        return JSONResponse({"detail": message}, status_code=status)
+    """Every refusal is a 4xx JSON body (see `refusal`); an internal error is a 500 one."""
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request, exc):
         message, param = describe_validation_errors(exc.errors())
-        return refuse(request, 400, message, param)
+        return refusal(request.url.path, 400, message, param)
 
     @app.exception_handler(RequestError)
     async def on_request_error(request, exc):
-        return refuse(request, 400, exc.message, exc.param)
+        return refusal(request.url.path, 400, exc.message, exc.param)
 
     @app.exception_handler(ServerBusy)
     async def on_busy(request, exc):
-        response = refuse(request, 429, str(exc), code="rate_limit_exceeded")
+        response = refusal(request.url.path, 429, str(exc), code="rate_limit_exceeded")
         response.headers["retry-after"] = str(exc.retry_after)
         return response
 
     @app.exception_handler(Exception)
     async def on_internal_error(request, exc):  # the traceback goes to the log (uvicorn), not to the client
-        message = "internal server error; the server log has the details"
-        if request.url.path.startswith("/v1/"):
-            return openai_error(500, message)
-        return JSONResponse({"detail": message}, status_code=500)
+        return refusal(request.url.path, 500, "internal server error; the server log has the details")
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request, exc):
-        if not isinstance(exc, (BodyTooLarge, BodyTooSlow)):
-            return refuse(request, exc.status_code, str(exc.detail))
-        code = "request_too_large" if isinstance(exc, BodyTooLarge) else "request_timeout"
-        response = refuse(request, exc.status_code, str(exc.detail), code=code)
-        response.headers["connection"] = "close"  # the rest of the body is never read
-        return response
+        return http_refusal(request.url.path, exc)
 
 
 class SlowClientH11(H11Protocol):
