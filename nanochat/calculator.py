@@ -52,8 +52,7 @@ class _Evaluator:
         if isinstance(node, ast.Constant):
             return _check_value(node.value)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
-            operand = self._number(node.operand, depth)
-            return _check_value(_UNARY_OPS[type(node.op)](operand))
+            return _check_value(_UNARY_OPS[type(node.op)](self._number(node.operand, depth)))
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
             left, right = self._number(node.left, depth), self._number(node.right, depth)
             return _check_value(_BINARY_OPS[type(node.op)](left, right))
@@ -134,14 +133,8 @@ def use_calculator(expr):
         return None
     expr = expr.replace(",", "")  # the model writes 1,234 for 1234
     if all(ch in ARITHMETIC_CHARS for ch in expr):
-        if "**" in expr:  # exponentiation is the easy way to an enormous number
-            return None
-        return eval_with_timeout(expr)
-    if not all(ch in STRING_CHARS for ch in expr):
-        return None
-    lowered = expr.lower()
-    if any(word in lowered for word in FORBIDDEN_WORDS):
-        return None
-    if ".count(" not in expr:
-        return None
-    return eval_with_timeout(expr)
+        allowed = "**" not in expr  # exponentiation is the easy way to an enormous number
+    else:
+        allowed = (all(ch in STRING_CHARS for ch in expr) and ".count(" in expr
+                   and not any(word in expr.lower() for word in FORBIDDEN_WORDS))
+    return eval_with_timeout(expr) if allowed else None

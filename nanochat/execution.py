@@ -24,6 +24,7 @@ neither works, root is refused rather than run untrusted code unisolated, unless
 import contextlib
 import errno
 import faulthandler
+import functools
 import io
 import json
 import logging
@@ -60,18 +61,9 @@ class ExecutionResult:
     timeout: bool = False
     memory_exceeded: bool = False
 
-    def __repr__(self):
-        fields = [f"success={self.success}"]
-        if self.timeout:
-            fields.append("timeout=True")
-        if self.memory_exceeded:
-            fields.append("memory_exceeded=True")
-        if self.error:
-            fields.append(f"error={self.error!r}")
-        if self.stdout:
-            fields.append(f"stdout={self.stdout!r}")
-        if self.stderr:
-            fields.append(f"stderr={self.stderr!r}")
+    def __repr__(self):  # only the fields that differ from their defaults (empty output included)
+        shown = [(name, getattr(self, name)) for name in ("timeout", "memory_exceeded", "error", "stdout", "stderr")]
+        fields = [f"success={self.success}"] + [f"{name}={value!r}" for name, value in shown if value]
         return f"ExecutionResult({', '.join(fields)})"
 
 
@@ -101,11 +93,7 @@ class WriteOnlyStringIO(io.StringIO):
     def read(self, *args, **kwargs):
         raise IOError
 
-    def readline(self, *args, **kwargs):
-        raise IOError
-
-    def readlines(self, *args, **kwargs):
-        raise IOError
+    readline = readlines = read
 
     def readable(self, *args, **kwargs):
         return False
@@ -118,38 +106,23 @@ class redirect_stdin(contextlib._RedirectStream):  # type: ignore
 @contextlib.contextmanager
 def capture_io():
     stdout_capture, stderr_capture = io.StringIO(), io.StringIO()
-    stdin_block = WriteOnlyStringIO()
-    with contextlib.redirect_stdout(stdout_capture):
-        with contextlib.redirect_stderr(stderr_capture):
-            with redirect_stdin(stdin_block):
-                yield stdout_capture, stderr_capture
+    with (contextlib.redirect_stdout(stdout_capture), contextlib.redirect_stderr(stderr_capture),
+          redirect_stdin(WriteOnlyStringIO())):
+        yield stdout_capture, stderr_capture
 
 
-@contextlib.contextmanager
-def chdir(root):
-    if root == ".":
-        yield
-        return
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        yield
-    finally:
-        os.chdir(cwd)
+chdir = contextlib.chdir  # the original harness carried its own copy of this
 
 
 @contextlib.contextmanager
 def create_tempdir():
-    with tempfile.TemporaryDirectory() as dirname:
-        with chdir(dirname):
-            yield dirname
+    with tempfile.TemporaryDirectory() as dirname, chdir(dirname):
+        yield dirname
 
 
 def reliability_guard(maximum_memory_bytes: Optional[int] = None):
-    """
-    Disable destructive functions and cap memory in the current process. Not a security
-    boundary on its own. `maximum_memory_bytes=None` leaves the memory limits alone.
-    """
+    """Disable destructive functions and cap memory in the current process. Not a security boundary
+    on its own. `maximum_memory_bytes=None` leaves the memory limits alone."""
     if maximum_memory_bytes is not None:
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (maximum_memory_bytes, maximum_memory_bytes))
@@ -160,19 +133,15 @@ def reliability_guard(maximum_memory_bytes: Optional[int] = None):
     faulthandler.disable()
 
     import builtins
-    builtins.exit = None
-    builtins.quit = None
+    builtins.exit = builtins.quit = builtins.help = None
 
     os.environ["OMP_NUM_THREADS"] = "1"
     for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
                  "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown",
                  "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
         setattr(os, name, None)
-    shutil.rmtree = None
-    shutil.move = None
-    shutil.chown = None
+    shutil.rmtree = shutil.move = shutil.chown = None
     subprocess.Popen = None  # type: ignore
-    builtins.help = None
     for module in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
         sys.modules[module] = None
 
@@ -321,36 +290,31 @@ def _isolation_prefix(mode, home):
     return args + ["--", *_drop_privileges(mode)]
 
 
-def _environment(mode, home):
-    """Everything the child inherits from us: no secrets (API keys, tokens) of the caller's environment."""
-    return {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8", "HOME": home if mode == "none" else "/tmp"}
+def _popen_args(mode, home, program, *argv):
+    """How to run the interpreter on `program` in `mode`. The environment is everything the child
+    inherits from us: no secrets (API keys, tokens) of the caller's."""
+    return dict(args=_isolation_prefix(mode, home) + [INTERPRETER, "-I", "-c", program, *argv], cwd=home,
+                env={"PATH": MINIMAL_PATH, "LANG": "C.UTF-8", "HOME": home if mode == "none" else "/tmp"})
 
 
-_WORKS = {}
-_WARNED = set()
+@functools.cache
+def _works(mode, path):
+    """Does `mode` start the interpreter here? (probed once per `path`, the $PATH that finds its tools)"""
+    home = tempfile.mkdtemp(prefix="nanochat-probe-")
+    try:
+        probe = _popen_args(mode, home, "pass")
+        done = shutil.which(mode) and subprocess.run(**probe, capture_output=True, timeout=20)
+        return bool(done) and done.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
-def _works(mode):
-    """Does `mode` start the interpreter here? (probed once per PATH)"""
-    key = (mode, os.environ.get("PATH"))
-    if key not in _WORKS:
-        home = tempfile.mkdtemp(prefix="nanochat-probe-")
-        try:
-            done = shutil.which(mode) and subprocess.run(
-                _isolation_prefix(mode, home) + [INTERPRETER, "-I", "-c", "pass"], cwd=home,
-                env=_environment(mode, home), capture_output=True, timeout=20)
-            _WORKS[key] = bool(done) and done.returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            _WORKS[key] = False
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-    return _WORKS[key]
-
-
+@functools.cache
 def _warn_once(mode):
-    if mode == "bwrap" or mode in _WARNED:
+    if mode == "bwrap":
         return
-    _WARNED.add(mode)
     who = "as nobody" if os.geteuid() == 0 else "without capabilities"
     if mode == "unshare":
         what = f"the program runs {who} in a read-only chroot holding only the interpreter, without network"
@@ -367,7 +331,7 @@ def isolation_mode(requested=None):
     if requested not in ("auto", "bwrap", "unshare", "none"):
         raise ValueError(f"NANOCHAT_SANDBOX must be auto|bwrap|unshare|none, got {requested!r}")
     candidates = {"auto": ["bwrap", "unshare"], "bwrap": ["bwrap"], "unshare": ["unshare"], "none": ["none"]}[requested]
-    mode = next((c for c in candidates if c == "none" or _works(c)), None)
+    mode = next((c for c in candidates if c == "none" or _works(c, os.environ.get("PATH"))), None)
     if mode is None and requested != "auto":
         raise RuntimeError(f"NANOCHAT_SANDBOX={requested} but `{requested}` does not work here "
                            "(install the Debian package bubblewrap, or use NANOCHAT_SANDBOX=auto)")
@@ -390,8 +354,8 @@ class _PidsCgroup:
         _PidsCgroup._counter += 1
         name = f"nanochat-exec-{os.getpid()}-{_PidsCgroup._counter}"
         for parent in self._candidate_parents():
+            path = os.path.join(parent, name)
             try:
-                path = os.path.join(parent, name)
                 os.mkdir(path)
                 with open(os.path.join(path, "pids.max"), "w") as f:
                     f.write(str(max_pids))
@@ -399,21 +363,20 @@ class _PidsCgroup:
                 return
             except OSError:
                 with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(parent, name))
+                    os.rmdir(path)
 
     @staticmethod
     def _candidate_parents():
         v1 = "/sys/fs/cgroup/pids"
         if os.path.isdir(v1) and os.access(v1, os.W_OK):
             yield v1
-        with contextlib.suppress(OSError):
-            with open("/proc/self/cgroup") as f:
-                for line in f:
-                    if line.startswith("0::"):
-                        own = os.path.join("/sys/fs/cgroup", line.strip()[3:].lstrip("/"))
-                        with open(os.path.join(own, "cgroup.subtree_control")) as sc:
-                            if "pids" in sc.read().split() and os.access(own, os.W_OK):
-                                yield own
+        with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    own = os.path.join("/sys/fs/cgroup", line.strip()[3:].lstrip("/"))
+                    with open(os.path.join(own, "cgroup.subtree_control")) as sc:
+                        if "pids" in sc.read().split() and os.access(own, os.W_OK):
+                            yield own
 
     def join_self(self):
         """Called in the child between fork and exec: move this process into the cgroup."""
@@ -491,9 +454,8 @@ class _Sandbox:
         config = json.dumps(dict(reply_fd=reply_w, maximum_memory_bytes=maximum_memory_bytes))
         try:
             self.proc = subprocess.Popen(
-                _isolation_prefix(mode, self.home) + [INTERPRETER, "-I", "-c", _child_program(), config],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(reply_w,),
-                start_new_session=True, cwd=self.home, env=_environment(mode, self.home),
+                **_popen_args(mode, self.home, _child_program(), config), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(reply_w,), start_new_session=True,
                 preexec_fn=lambda: _limit_child(self.cgroup, maximum_memory_bytes))
         except OSError:
             os.close(reply_r)

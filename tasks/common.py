@@ -1,10 +1,12 @@
 """
-The Task interface every dataset speaks (a sliceable view producing conversations), plus
-mixing/sequencing of tasks and the shared multiple-choice prompt.
+The Task interface every dataset speaks (a sliceable view producing conversations), the bases
+of dataset and multiple-choice tasks, mixing/sequencing of tasks and the shared multiple-choice prompt.
 """
 
 import math
 import random
+
+from tasks.sources import load_task_dataset
 
 
 class TaskDataError(ValueError):
@@ -45,25 +47,27 @@ class Task:
         return self.get_example(self.start + index * self.step)
 
 
-class TaskMixture(Task):
-    """All examples of several tasks, shuffled together once (seed 42). Listing a task twice oversamples it."""
+class DatasetTask(Task):
+    """A Task whose examples are the rows of a dataset loaded (and shuffled) by tasks.sources."""
 
-    def __init__(self, tasks, **kwargs):
+    def __init__(self, hf_path, config, split, **kwargs):
         super().__init__(**kwargs)
-        self.tasks = tasks
-        self.lengths = [len(task) for task in tasks]
-        self.num_conversations = sum(self.lengths)
-        self.index_map = [(t, i) for t, n in enumerate(self.lengths) for i in range(n)]
-        random.Random(42).shuffle(self.index_map)
+        self.ds = load_task_dataset(hf_path, config, split)
 
     def num_examples(self):
-        return self.num_conversations
+        return len(self.ds)
 
-    def get_example(self, index):
-        assert 0 <= index < self.num_conversations, \
-            f"Index {index} out of range for mixture with {self.num_conversations} conversations"
-        task_idx, local_idx = self.index_map[index]
-        return self.tasks[task_idx][local_idx]
+
+class MultipleChoiceTask(DatasetTask):
+    """ARC and MMLU: the conversation carries its `letters`, the reference reply is the right one."""
+
+    eval_type = "categorical"
+
+    def evaluate(self, conversation, assistant_response):
+        # categorical eval only ever picks one of the letters, so anything else is a caller bug
+        assert assistant_response in conversation["letters"], \
+            f"{type(self).__name__} answer {assistant_response!r} must be one of {conversation['letters']}"
+        return assistant_response == conversation["messages"][-1]["content"]
 
 
 class TaskSequence(Task):
@@ -85,6 +89,21 @@ class TaskSequence(Task):
             if index < length:
                 return task[index]
             index -= length
+
+
+class TaskMixture(TaskSequence):
+    """All examples of several tasks, shuffled together once (seed 42). Listing a task twice oversamples it."""
+
+    def __init__(self, tasks, **kwargs):
+        super().__init__(tasks, **kwargs)
+        self.index_map = [(t, i) for t, n in enumerate(self.lengths) for i in range(n)]
+        random.Random(42).shuffle(self.index_map)
+
+    def get_example(self, index):
+        assert 0 <= index < self.num_conversations, \
+            f"Index {index} out of range for mixture with {self.num_conversations} conversations"
+        task_idx, local_idx = self.index_map[index]
+        return self.tasks[task_idx][local_idx]
 
 
 def render_mc(question, letters, choices):

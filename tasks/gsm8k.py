@@ -2,28 +2,16 @@
 
 import re
 
-from tasks.common import Task, TaskDataError, require_fields
-from tasks.sources import load_task_dataset
+from tasks.common import DatasetTask, TaskDataError, require_fields
 
 ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 CALC_RE = re.compile(r"(<<[^>]+>>)")
 
 
-def final_answer_matches(conversation, assistant_response):
-    """1 if the response's '#### <answer>' equals the one ending the reference reply, else 0."""
-    content = conversation["messages"][-1]["content"]
-    last_text = content[-1]["text"] if isinstance(content, list) else content
-    reference = extract_answer(last_text)
-    predicted = extract_answer(assistant_response)
-    return int(predicted is not None and predicted == reference)
-
-
 def extract_answer(completion):
     """The number after '#### ', commas removed; None when there is none."""
     match = ANSWER_RE.search(completion)
-    if match is None:
-        return None
-    return match.group(1).strip().replace(",", "")
+    return match.group(1).strip().replace(",", "") if match else None
 
 
 def parse_answer_parts(answer):
@@ -40,21 +28,30 @@ def parse_answer_parts(answer):
     return parts
 
 
-class GSM8K(Task):
+class FinalAnswerScoring:
+    """Mixed into generative tasks (GSM8K, SpellingBee) scored on the final '#### <number>' of the reply."""
+
+    eval_type = "generative"
+
+    def evaluate(self, conversation, assistant_response):
+        """1 if the response's '#### <answer>' equals the one ending the reference reply, else 0."""
+        assert isinstance(assistant_response, str), f"{type(self).__name__} evaluates a string completion"
+        content = conversation["messages"][-1]["content"]
+        reference = extract_answer(content[-1]["text"] if isinstance(content, list) else content)
+        predicted = extract_answer(assistant_response)
+        return int(predicted is not None and predicted == reference)
+
+    def reward(self, conversation, assistant_response):
+        return float(self.evaluate(conversation, assistant_response))
+
+
+class GSM8K(FinalAnswerScoring, DatasetTask):
 
     def __init__(self, subset, split, **kwargs):
-        super().__init__(**kwargs)
         assert subset in ("main", "socratic"), f"GSM8K subset must be main|socratic, got {subset!r}"
         assert split in ("train", "test"), f"GSM8K split must be train|test, got {split!r}"
         self.subset, self.split = subset, split
-        self.ds = load_task_dataset("openai/gsm8k", subset, split)
-
-    @property
-    def eval_type(self):
-        return "generative"
-
-    def num_examples(self):
-        return len(self.ds)
+        super().__init__("openai/gsm8k", subset, split, **kwargs)
 
     def get_example(self, index):
         row = self.ds[index]
@@ -67,11 +64,3 @@ class GSM8K(Task):
             {"role": "assistant", "content": parse_answer_parts(row["answer"])},
         ]
         return {"messages": messages}
-
-    def evaluate(self, conversation, assistant_response):
-        """1 if the response's '#### <number>' equals the reference answer, else 0."""
-        assert isinstance(assistant_response, str), "GSM8K evaluates a string completion"
-        return final_answer_matches(conversation, assistant_response)
-
-    def reward(self, conversation, assistant_response):
-        return float(self.evaluate(conversation, assistant_response))

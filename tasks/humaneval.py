@@ -3,8 +3,7 @@
 import re
 
 from nanochat.execution import execute_code
-from tasks.common import Task, require_fields
-from tasks.sources import load_task_dataset
+from tasks.common import DatasetTask, require_fields
 
 FENCE_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
 
@@ -27,18 +26,12 @@ def extract_program(completion):
     return (match.group(1) if match else completion).strip()
 
 
-class HumanEval(Task):
+class HumanEval(DatasetTask):
+
+    eval_type = "generative"
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.ds = load_task_dataset("openai/openai_humaneval", None, "test")
-
-    @property
-    def eval_type(self):
-        return "generative"
-
-    def num_examples(self):
-        return len(self.ds)
+        super().__init__("openai/openai_humaneval", None, "test", **kwargs)
 
     def get_example(self, index):
         row = self.ds[index]

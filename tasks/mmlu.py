@@ -1,12 +1,12 @@
 """MMLU: 57-subject, four-choice knowledge questions (cais/mmlu)."""
 
-from tasks.common import Task, TaskDataError, render_mc, require_fields
-from tasks.sources import load_task_dataset, split_available
+from tasks.common import MultipleChoiceTask, TaskDataError, render_mc, require_fields
+from tasks.sources import split_available
 
 HF_PATH = "cais/mmlu"
 
 
-class MMLU(Task):
+class MMLU(MultipleChoiceTask):
 
     letters = ("A", "B", "C", "D")
     groups = ('abstract_algebra', 'anatomy', 'astronomy', 'business_ethics', 'clinical_knowledge', 'college_biology',
@@ -25,14 +25,13 @@ class MMLU(Task):
               'world_religions')
 
     def __init__(self, subset, split, **kwargs):
-        super().__init__(**kwargs)
         assert subset in ("all", "auxiliary_train"), f"MMLU subset must be all|auxiliary_train, got {subset!r}"
         assert split in ("train", "validation", "dev", "test"), \
             f"MMLU split must be train|validation|dev|test, got {split!r}"
         if subset == "auxiliary_train":
             assert split == "train", "MMLU auxiliary_train only has a train split"
         self.subset, self.split = subset, split
-        self.ds = load_task_dataset(HF_PATH, subset, split)
+        super().__init__(HF_PATH, subset, split, **kwargs)
         if subset == "auxiliary_train":
             # the hub nests each auxiliary row under a 'train' field
             self.ds = self.ds.map(lambda row: row["train"], remove_columns=["train"])
@@ -41,13 +40,6 @@ class MMLU(Task):
     def is_available(subset, split):
         """Whether this split can be loaded here (an offline data pack lacks auxiliary_train and validation)."""
         return split_available(HF_PATH, subset, split)
-
-    @property
-    def eval_type(self):
-        return "categorical"
-
-    def num_examples(self):
-        return len(self.ds)
 
     def get_example(self, index):
         row = self.ds[index]
@@ -62,7 +54,3 @@ class MMLU(Task):
             {"role": "assistant", "content": self.letters[row["answer"]]},
         ]
         return {"messages": messages, "subject": row["subject"], "letters": self.letters}
-
-    def evaluate(self, conversation, assistant_response):
-        assert assistant_response in self.letters, f"MMLU answer {assistant_response!r} must be one of {self.letters}"
-        return assistant_response == conversation["messages"][-1]["content"]

@@ -1,7 +1,6 @@
 """SmolTalk (smol-smoltalk): general chat conversations for SFT/midtraining. Not evaluated."""
 
-from tasks.common import Task, TaskDataError
-from tasks.sources import load_task_dataset
+from tasks.common import DatasetTask, TaskDataError
 
 
 def check_messages(messages, where):
@@ -22,16 +21,12 @@ def check_messages(messages, where):
             raise TaskDataError(f"{where}: message {i} has role {message['role']!r}, expected {expected!r}")
 
 
-class SmolTalk(Task):
+class SmolTalk(DatasetTask):
 
     def __init__(self, split, **kwargs):
-        super().__init__(**kwargs)
         assert split in ("train", "test"), f"SmolTalk split must be train|test, got {split!r}"
         self.split = split
-        self.ds = load_task_dataset("HuggingFaceTB/smol-smoltalk", None, split)
-
-    def num_examples(self):
-        return len(self.ds)
+        super().__init__("HuggingFaceTB/smol-smoltalk", None, split, **kwargs)
 
     def get_example(self, index):
         row = self.ds[index]

@@ -40,13 +40,9 @@ def pack_file_for(hf_path, config, split):
 
 
 def split_available(hf_path, config, split):
-    """
-    Can this split be loaded? With a data pack: only if the pack has it. Without one we assume the
-    Hugging Face hub has every split it documents (a real network error surfaces on load).
-    """
-    if get_data_pack_dir() is not None:
-        return pack_file_for(hf_path, config, split) is not None
-    return True
+    """Can this split be loaded? With a data pack: only if the pack has it. Without one we assume the
+    Hugging Face hub has every split it documents (a real network error surfaces on load)."""
+    return get_data_pack_dir() is None or pack_file_for(hf_path, config, split) is not None
 
 
 _CACHE = {}

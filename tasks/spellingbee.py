@@ -9,7 +9,7 @@ import random
 
 from nanochat.common import data_pack_path, download_file_with_lock
 from tasks.common import Task
-from tasks.gsm8k import extract_answer, final_answer_matches  # noqa: F401  (extract_answer re-exported)
+from tasks.gsm8k import FinalAnswerScoring, extract_answer  # noqa: F401  (extract_answer re-exported)
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 WORD_LIST_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
@@ -110,24 +110,29 @@ def spelled_answer(word, letter):
     ]
 
 
-class SpellingBee(Task):
+class _SpellingTask(Task):
+    """`size` synthetic examples drawn from the word list, each from its own seeded generator."""
+
+    eval_type = "generative"
 
     def __init__(self, size=1000, split="train", **kwargs):
         super().__init__(**kwargs)
-        assert split in ("train", "test"), f"SpellingBee split must be train|test, got {split!r}"
+        assert split in ("train", "test"), f"{type(self).__name__} split must be train|test, got {split!r}"
         self.size, self.split = size, split
         self.words = load_words()
-
-    @property
-    def eval_type(self):
-        return "generative"
 
     def num_examples(self):
         return self.size
 
-    def get_example(self, index):
+    def _rng(self, index):
         # train and test draw from disjoint seeds
-        rng = random.Random(index if self.split == "train" else -(index + 1))
+        return random.Random(index if self.split == "train" else -(index + 1))
+
+
+class SpellingBee(FinalAnswerScoring, _SpellingTask):
+
+    def get_example(self, index):
+        rng = self._rng(index)
         word = rng.choice(self.words)
         letter = rng.choice(word) if rng.random() < 0.9 else rng.choice(LETTERS)
         template = rng.choice(USER_MSG_TEMPLATES)
@@ -143,33 +148,16 @@ class SpellingBee(Task):
                     {"role": "assistant", "content": spelled_answer(word, letter)}]
         return {"messages": messages}
 
-    def evaluate(self, conversation, assistant_response):
-        assert isinstance(assistant_response, str), "SpellingBee evaluates a string completion"
-        return final_answer_matches(conversation, assistant_response)
 
-    def reward(self, conversation, assistant_response):
-        return float(self.evaluate(conversation, assistant_response))
-
-
-class SimpleSpelling(Task):
+class SimpleSpelling(_SpellingTask):
 
     def __init__(self, size=1000, split="train", **kwargs):
-        super().__init__(**kwargs)
-        assert split in ("train", "test"), f"SimpleSpelling split must be train|test, got {split!r}"
-        self.size, self.split = size, split
-        self.words = list(load_words())
+        super().__init__(size, split, **kwargs)
+        self.words = list(self.words)
         random.Random(42).shuffle(self.words)
 
-    @property
-    def eval_type(self):
-        return "generative"
-
-    def num_examples(self):
-        return self.size
-
     def get_example(self, index):
-        rng = random.Random(index if self.split == "train" else -(index + 1))
-        word = rng.choice(self.words)
+        word = self._rng(index).choice(self.words)
         return {"messages": [{"role": "user", "content": f"Spell the word: {word}"},
                              {"role": "assistant", "content": f"{word}:{','.join(word)}"}]}
 
@@ -179,13 +167,6 @@ if __name__ == "__main__":
     for i in range(10):
         conversation = task[i]
         print(conversation["messages"][0]["content"])
-        rendered = ""
-        for part in conversation["messages"][1]["content"]:
-            if part["type"] == "python":
-                rendered += f"<<{part['text']}="
-            elif part["type"] == "python_output":
-                rendered += f"{part['text']}>>"
-            else:
-                rendered += part["text"]
-        print(rendered)
+        wrap = {"text": "{}", "python": "<<{}=", "python_output": "{}>>"}
+        print("".join(wrap[part["type"]].format(part["text"]) for part in conversation["messages"][1]["content"]))
         print("-" * 80)
