@@ -3,8 +3,8 @@ DistAdamW: AdamW for the embedding and unembedding under torchrun, ZeRO-2 style.
 
 Each gradient is averaged across ranks and scattered along dim 0; a rank keeps Adam moments only
 for its slice, updates that slice, then all-gathers the full parameter. On NCCL this uses
-reduce_scatter_tensor / all_gather_into_tensor; gloo lacks them (and AVG), so there we all-reduce
-and slice, and gather into a list of views. A parameter whose dim 0 does not split evenly across
+reduce_scatter_tensor / all_gather_into_tensor; gloo lacks them (and AVG), so there DistMuon's
+fallbacks run on the tensor's dim-0 chunks. A parameter whose dim 0 does not split evenly across
 ranks is replicated instead: every rank averages the full gradient and applies the same update.
 """
 
@@ -13,24 +13,14 @@ import math
 import torch
 import torch.distributed as dist
 
-
-class _Done:
-    def wait(self):
-        pass
+from nanochat.muon import _all_gather, _Done, _is_nccl, _reduce_scatter_avg
 
 
-def _is_nccl():
-    return dist.get_backend() == "nccl"
-
-
-def _reduce_scatter_avg(output, grad):
+def _reduce_scatter_rows(output, grad):
     """output <- mean over ranks of grad's rank-th chunk along dim 0."""
     if _is_nccl():
         return dist.reduce_scatter_tensor(output, grad, op=dist.ReduceOp.AVG, async_op=True)
-    summed = grad.clone()
-    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
-    output.copy_(summed.chunk(dist.get_world_size())[dist.get_rank()]).div_(dist.get_world_size())
-    return _Done()
+    return _reduce_scatter_avg(output, list(grad.chunk(dist.get_world_size())))
 
 
 def _all_reduce_avg(tensor):
@@ -41,11 +31,10 @@ def _all_reduce_avg(tensor):
     return _Done()
 
 
-def _all_gather_into(full, part):
+def _all_gather_rows(full, part):
     if _is_nccl():
         return dist.all_gather_into_tensor(full, part, async_op=True)
-    dist.all_gather(list(full.chunk(dist.get_world_size())), part.clone())  # synchronous on gloo
-    return _Done()
+    return _all_gather(list(full.chunk(dist.get_world_size())), part)
 
 
 def adamw_update(param, grad, state, lr, beta1, beta2, eps, weight_decay):
@@ -83,9 +72,6 @@ class DistAdamW(torch.optim.Optimizer):
             if isinstance(state.get("step"), torch.Tensor):
                 state["step"] = state["step"].cpu()
 
-    def _is_sharded(self, p):
-        return p.size(0) % dist.get_world_size() == 0
-
     @torch.no_grad()
     def step(self):
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -94,24 +80,21 @@ class DistAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 assert p.grad is not None, f"DistAdamW: parameter of shape {tuple(p.shape)} has no gradient"
-                if self._is_sharded(p):
+                if p.size(0) % world_size == 0:  # sharded: this rank updates its slice of rows
                     rows = p.size(0) // world_size
                     grad_slice = torch.empty_like(p.grad[:rows])
-                    jobs.append((group, p, grad_slice, _reduce_scatter_avg(grad_slice, p.grad)))
-                else:
-                    jobs.append((group, p, p.grad, _all_reduce_avg(p.grad)))
+                    p_slice = p[rank * rows:(rank + 1) * rows]
+                    jobs.append((group, p, p_slice, grad_slice, _reduce_scatter_rows(grad_slice, p.grad)))
+                else:  # replicated: every rank applies the same update to the whole parameter
+                    jobs.append((group, p, p, p.grad, _all_reduce_avg(p.grad)))
         gathers = []
-        for group, p, grad, handle in jobs:
+        for group, p, target, grad, handle in jobs:
             handle.wait()
             lr = group["lr"] * getattr(p, "lr_mul", 1.0)
             wd = group["weight_decay"] * getattr(p, "wd_mul", 1.0)
             beta1, beta2 = group["betas"]
-            if self._is_sharded(p):
-                rows = p.size(0) // world_size
-                p_slice = p[rank * rows:(rank + 1) * rows]
-                adamw_update(p_slice, grad, self.state[p], lr, beta1, beta2, group["eps"], wd)
-                gathers.append(_all_gather_into(p, p_slice))
-            else:
-                adamw_update(p, grad, self.state[p], lr, beta1, beta2, group["eps"], wd)
+            adamw_update(target, grad, self.state[p], lr, beta1, beta2, group["eps"], wd)
+            if target is not p:
+                gathers.append(_all_gather_rows(p, target))
         for handle in gathers:
             handle.wait()

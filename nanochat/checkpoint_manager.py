@@ -75,11 +75,11 @@ def _atomic_write(path, write_fn):
             os.remove(tmp)
         raise
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+    print0(f"Saved {path}")
 
 
 def _torch_save(obj, path):
     _atomic_write(path, lambda f: torch.save(obj, f))
-    print0(f"Saved {path}")
 
 
 def invalidate_step(checkpoint_dir, step):
@@ -106,7 +106,6 @@ def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data,
     every rank writes its own optimizer shard / RNG state when given. The collective version that
     training stages use (all shards on disk before the meta) is training.save_training_checkpoint.
     """
-    os.makedirs(checkpoint_dir, exist_ok=True)
     if rank == 0:
         invalidate_step(checkpoint_dir, step)
     save_rank_files(checkpoint_dir, step, optimizer_data, rank_state, rank)
@@ -114,9 +113,7 @@ def save_checkpoint(checkpoint_dir, step, model_data, optimizer_data, meta_data,
         _torch_save(model_data, _model_path(checkpoint_dir, step))
         meta_data = {"run_id": RUN_ID, "run_started": RUN_STARTED, **meta_data}
         text = json.dumps(meta_data, indent=2).encode("utf-8")
-        path = _meta_path(checkpoint_dir, step)
-        _atomic_write(path, lambda f: f.write(text))
-        print0(f"Saved {path}")
+        _atomic_write(_meta_path(checkpoint_dir, step), lambda f: f.write(text))
 
 
 def _load_torch(path, device):
@@ -125,15 +122,13 @@ def _load_torch(path, device):
             return torch.load(f, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():  # a pickle that asks to build objects or call functions
+    except Exception as e:  # any other unpickling failure means a damaged file
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            # a pickle that asks to build objects or call functions
             raise CheckpointError(
                 f"refusing to load {path}: it holds objects other than tensors and plain data, which a "
                 "checkpoint written by nanochat never does (a tampered or foreign file can run code when "
                 "unpickled). Delete it, or re-save it from a source you trust.") from None
-        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
-                              "delete that step's files and resume from an earlier step") from e
-    except Exception as e:  # any unpickling failure means a damaged file
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                               "delete that step's files and resume from an earlier step") from e
 
@@ -142,8 +137,6 @@ def _load_meta(path):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint meta file {path} is corrupt ({e}); "
                               "delete that step's files and resume from an earlier step") from e
@@ -159,18 +152,14 @@ def available_steps(checkpoint_dir):
     return sorted(steps)
 
 
-def _describe_steps(checkpoint_dir):
-    steps = available_steps(checkpoint_dir)
-    return f"available steps: {steps}" if steps else "no complete checkpoints there"
-
-
 def load_checkpoint(checkpoint_dir, step, device, load_optimizer=False, rank=0):
     """-> (model_data, optimizer_data or None, meta_data). Missing files name the steps that exist."""
     model_path, meta_path = _model_path(checkpoint_dir, step), _meta_path(checkpoint_dir, step)
     if not (os.path.exists(model_path) and os.path.exists(meta_path)):
+        steps = available_steps(checkpoint_dir)
         raise FileNotFoundError(f"no complete checkpoint for step {step} in {checkpoint_dir} "
                                 f"(needs {os.path.basename(model_path)} and {os.path.basename(meta_path)}); "
-                                f"{_describe_steps(checkpoint_dir)}")
+                                + (f"available steps: {steps}" if steps else "no complete checkpoints there"))
     meta_data = _load_meta(meta_path)
     model_data = _load_torch(model_path, device)
     optimizer_data = None
@@ -189,8 +178,9 @@ def saved_world_size(checkpoint_dir, step):
     """How many ranks wrote `step`: from its meta, else from its per-rank files (the original's
     checkpoints have one optimizer shard per rank); None when nothing says."""
     meta_path = _meta_path(checkpoint_dir, step)
-    if os.path.exists(meta_path) and isinstance(_load_meta(meta_path).get("world_size"), int):
-        return _load_meta(meta_path)["world_size"]
+    world_size = _load_meta(meta_path).get("world_size") if os.path.exists(meta_path) else None
+    if isinstance(world_size, int):
+        return world_size
     for pattern in (f"optim_{step:06d}_rank*.pt", f"rng_{step:06d}_rank*.pt"):
         shards = glob.glob(os.path.join(checkpoint_dir, pattern))
         if shards:
@@ -204,17 +194,6 @@ def load_rank_state(checkpoint_dir, step, rank=0):
     if not os.path.exists(path):
         return None
     return _load_torch(path, "cpu")
-
-
-def _clean_state_dict(model_data):
-    cleaned = {}
-    for key, value in model_data.items():
-        if value.dtype == torch.bfloat16:
-            # the bf16 embedding CUDA training saves would meet fp32 layers under --dtype=float32 (no
-            # autocast); an fp32 copy works under either dtype, at the cost of the embedding's memory
-            value = value.float()
-        cleaned[key.removeprefix("_orig_mod.")] = value
-    return cleaned
 
 
 def build_model(checkpoint_dir, step, device, phase):
@@ -237,7 +216,10 @@ def build_model(checkpoint_dir, step, device, phase):
 def model_from_state_dict(model_config, model_data, device, phase="eval"):
     """A GPT on `device` holding `model_data` (bf16 tensors become fp32 on every device), in train or eval mode."""
     device = torch.device(device)
-    model_data = _clean_state_dict(model_data)
+    # the bf16 embedding CUDA training saves would meet fp32 layers under --dtype=float32 (no
+    # autocast); an fp32 copy works under either dtype, at the cost of the embedding's memory
+    model_data = {key.removeprefix("_orig_mod."): value.float() if value.dtype == torch.bfloat16 else value
+                  for key, value in model_data.items()}
     with torch.device("meta"):
         model = GPT(model_config)
     model.to_empty(device=device)
@@ -258,9 +240,7 @@ def find_largest_model(checkpoint_dir):
     def mtime(tag):
         return os.path.getmtime(os.path.join(checkpoint_dir, tag))
     depths = [(int(m.group(1)), mtime(tag), tag) for tag in tags if (m := re.match(r"d(\d+)", tag))]
-    if depths:
-        return max(depths)[2]
-    return max(tags, key=mtime)
+    return max(depths)[2] if depths else max(tags, key=mtime)
 
 
 def _run_started(checkpoint_dir, step):

@@ -3,6 +3,7 @@ Shared utilities: logging, the base directory, rank-aware printing, device detec
 distributed init/teardown, and robust file downloads.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -18,13 +19,8 @@ from filelock import FileLock
 class ColoredFormatter(logging.Formatter):
     """Colors the level name; on INFO lines also highlights sizes, percentages and shard numbers."""
 
-    COLORS = {
-        "DEBUG": "\033[36m",
-        "INFO": "\033[32m",
-        "WARNING": "\033[33m",
-        "ERROR": "\033[31m",
-        "CRITICAL": "\033[35m",
-    }
+    COLORS = {"DEBUG": "\033[36m", "INFO": "\033[32m", "WARNING": "\033[33m", "ERROR": "\033[31m",
+              "CRITICAL": "\033[35m"}
     RESET = "\033[0m"
     BOLD = "\033[1m"
 
@@ -108,6 +104,7 @@ def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, rea
     attempts instead of hanging.
     """
     import requests  # lazy: keeps `import nanochat.common` light
+    from tqdm import tqdm
 
     tmp_path = dest_path + ".tmp"
     last_error = None
@@ -116,19 +113,16 @@ def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, rea
             with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as response:
                 response.raise_for_status()
                 total = int(response.headers.get("content-length") or 0)
-                bar = _progress_bar(total, os.path.basename(dest_path)) if progress else None
                 written = 0
-                with open(tmp_path, "wb") as f:
+                with open(tmp_path, "wb") as f, tqdm(total=total or None, unit="B", unit_scale=True, leave=False,
+                                                     desc=os.path.basename(dest_path), disable=not progress) as bar:
                     for chunk in response.iter_content(chunk_size=chunk_size):
                         if chunk:
                             f.write(chunk)
                             written += len(chunk)
-                            if bar is not None:
-                                bar.update(len(chunk))
+                            bar.update(len(chunk))
                     f.flush()
                     os.fsync(f.fileno())  # the bytes are on disk before the rename can expose them
-                if bar is not None:
-                    bar.close()
                 if total and written != total:
                     raise DownloadError(f"truncated download: got {written} of {total} bytes")
             if verify is not None and not verify(tmp_path):
@@ -138,7 +132,8 @@ def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, rea
             return dest_path
         except Exception as e:  # every failure is retried the same way
             last_error = e
-            _remove_quietly(tmp_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp_path)
             unreachable = isinstance(e, requests.exceptions.ConnectionError) and _looks_unreachable(e)
             if unreachable and attempt >= 2:
                 break
@@ -154,18 +149,6 @@ def _looks_unreachable(error):
     return any(s in text for s in ("name or service not known", "temporary failure in name resolution",
                                     "nodename nor servname", "connection refused", "network is unreachable",
                                     "no route to host", "failed to resolve", "getaddrinfo failed"))
-
-
-def _progress_bar(total, desc):
-    from tqdm import tqdm
-    return tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, leave=False)
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def download_file_with_lock(url, filename, postprocess_fn=None, local_copy=None, offline_hint=None):
@@ -257,22 +240,16 @@ def mean_across_ranks(values, device):
 
 
 def autodetect_device_type():
-    if torch.cuda.is_available():
-        device_type = "cuda"
-    elif torch.backends.mps.is_available():
-        device_type = "mps"
-    else:
-        device_type = "cpu"
+    device_type = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     print0(f"Autodetected device type: {device_type}")
     return device_type
 
 
 def autocast_context(device_type, dtype="bfloat16"):
     """bf16 autocast on CUDA (unless dtype="float32"); plain fp32 on every other device."""
-    from contextlib import nullcontext
     if device_type == "cuda" and dtype == "bfloat16":
         return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    return contextlib.nullcontext()
 
 
 # the oldest NVIDIA driver each CUDA release of torch runs on (CUDA's minor-version compatibility)
@@ -305,26 +282,20 @@ def compute_init(device_type="cuda"):
     assert device_type in ("cuda", "mps", "cpu"), f"unknown device type {device_type!r}"
     if device_type == "cuda":
         require_cuda()
+        torch.set_float32_matmul_precision("high")
     if device_type == "mps":
         assert torch.backends.mps.is_available(), "device_type=mps but MPS is not available; use --device_type=cpu"
-
-    torch.manual_seed(42)
-    if device_type == "cuda":
-        torch.cuda.manual_seed(42)
-        torch.set_float32_matmul_precision("high")
+    torch.manual_seed(42)  # seeds every device, CUDA included
 
     ddp, rank, local_rank, world_size = get_dist_info()
-    if ddp and device_type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=device)
+    device = torch.device("cuda", local_rank) if ddp and device_type == "cuda" else torch.device(device_type)
+    if ddp:
+        if device_type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
         dist.barrier()
-    elif ddp:
-        device = torch.device(device_type)
-        dist.init_process_group(backend="gloo")
-        dist.barrier()
-    else:
-        device = torch.device(device_type)
     if rank == 0:
         logger.info(f"Distributed world size: {world_size}")
     return ddp, rank, local_rank, world_size, device

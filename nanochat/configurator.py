@@ -98,10 +98,8 @@ def _apply_file(path, values, defaults, scope, log):
 def apply_overrides(defaults, argv=None, log=None, scope=None):
     """Return a new dict of settings with the overrides in `argv` applied (`scope`: the names a
     config file may use besides the settings)."""
-    if argv is None:
-        argv = sys.argv[1:]
-    if log is None:
-        log = print0
+    argv = sys.argv[1:] if argv is None else argv
+    log = print0 if log is None else log
     values = dict(defaults)
     for arg in argv:
         if arg == "--":

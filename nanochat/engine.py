@@ -44,13 +44,11 @@ class KVCache:
         """Copy another (filled) cache into this empty one; other's batch may be 1 and broadcast."""
         assert self.kv_cache is None, "prefill needs an empty cache"
         assert other.kv_cache is not None, "cannot prefill from an empty cache"
-        for i, (mine, theirs) in enumerate(zip(self.kv_shape, other.kv_shape)):
-            if i in (0, 1, 3, 5):  # layers, k/v, heads, head_dim
-                assert mine == theirs, f"cache dim {i} differs: {mine} vs {theirs}"
-            elif i == 2:  # batch
-                assert mine == theirs or theirs == 1, f"batch {theirs} cannot fill batch {mine}"
-            else:  # time
-                assert mine >= theirs, f"capacity {mine} is smaller than the source's {theirs}"
+        mine, theirs = self.kv_shape, other.kv_shape
+        same = (0, 1, 3, 5)  # layers, k/v, heads, head_dim
+        assert [mine[i] for i in same] == [theirs[i] for i in same], f"cache shapes differ: {mine} vs {theirs}"
+        assert theirs[2] in (1, mine[2]), f"batch {theirs[2]} cannot fill batch {mine[2]}"
+        assert mine[4] >= theirs[4], f"capacity {mine[4]} is smaller than the source's {theirs[4]}"
         self.kv_cache = torch.empty(self.kv_shape, dtype=other.kv_cache.dtype, device=other.kv_cache.device)
         self.kv_cache[:, :, :, :, :other.pos, :] = other.kv_cache[:, :, :, :, :other.pos, :]
         self.pos = other.pos
@@ -59,23 +57,18 @@ class KVCache:
         """Append k, v of shape (B, H, T_add, D) for one layer; return that layer's keys/values so far."""
         if self.kv_cache is None:
             self.kv_cache = torch.empty(self.kv_shape, dtype=k.dtype, device=k.device)
-        B, H, T_add, D = k.size()
-        t0, t1 = self.pos, self.pos + T_add
+        t0, t1 = self.pos, self.pos + k.size(2)
         if t1 > self.kv_cache.size(4):
             # grow with headroom, rounded to a multiple of 1024, keeping what is already cached
-            new_len = _round_up(t1 + 1024, 1024)
             extra = list(self.kv_cache.shape)
-            extra[4] = new_len - self.kv_cache.size(4)
-            extension = torch.empty(extra, dtype=self.kv_cache.dtype, device=self.kv_cache.device)
-            self.kv_cache = torch.cat([self.kv_cache, extension], dim=4).contiguous()
+            extra[4] = _round_up(t1 + 1024, 1024) - extra[4]
+            self.kv_cache = torch.cat([self.kv_cache, self.kv_cache.new_empty(extra)], dim=4)
             self.kv_shape = tuple(self.kv_cache.shape)
         self.kv_cache[layer_idx, 0, :, :, t0:t1] = k
         self.kv_cache[layer_idx, 1, :, :, t0:t1] = v
-        keys = self.kv_cache[layer_idx, 0, :, :, :t1]
-        values = self.kv_cache[layer_idx, 1, :, :, :t1]
         if layer_idx == self.kv_cache.size(0) - 1:
             self.pos = t1  # every layer has written this chunk
-        return keys, values
+        return self.kv_cache[layer_idx, 0, :, :, :t1], self.kv_cache[layer_idx, 1, :, :, :t1]
 
 
 class RowKVCache:
@@ -92,10 +85,6 @@ class RowKVCache:
         self.lengths = [0] * rows  # on the host: the serving loop reads them every step
         self.num_active = 0
         self.attn_mask = None
-
-    @property
-    def max_len(self):
-        return self.kv.size(4)
 
     def get_pos(self):
         """Where each active row's new token goes; also prepares the mask for this forward pass."""
@@ -188,6 +177,9 @@ def _with_capacity(t, batch_size, capacity):
     return slots
 
 
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy: dividing by them overflows
+
+
 def _inverse_cdf(probs, uniform):
     """Per row of probs (n, V), the index where the cumulative mass first reaches uniform (n, 1) of
     the row's total -> (n, 1). Each row needs only its own number, so no generator is drawn from."""
@@ -203,10 +195,9 @@ def draw_tokens(logits, uniform, temperature, top_k):
     """
     if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1, keepdim=True)
+    indices = None
     if top_k is not None and 0 < top_k < logits.size(-1):
         logits, indices = logits.topk(top_k, dim=-1)
-    else:
-        indices = None
     choice = _inverse_cdf(F.softmax(logits.float() / temperature, dim=-1), uniform)
     return choice if indices is None else indices.gather(1, choice)
 
@@ -215,9 +206,6 @@ def decode_step(model, ids, position, keys, values, uniform, temperature, top_k)
     """One token per row (ids (B, 1)) at `position` -> the next token of every row (B, 1)."""
     logits = model.forward(ids, kv_cache=DecodeCache(keys, values, position))[:, -1, :]
     return draw_tokens(logits, uniform, temperature, top_k)
-
-
-GREEDY_BELOW = 1e-5  # temperatures under this are greedy: dividing by them overflows
 
 
 def sample_rows(logits, temperature, top_k, top_p, uniform):
@@ -246,14 +234,11 @@ def sample_next_token(logits, rng, temperature=1.0, top_k=None):
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature < GREEDY_BELOW:
         return torch.argmax(logits, dim=-1, keepdim=True)
+    indices = None
     if top_k is not None and top_k > 0:
-        k = min(top_k, logits.size(-1))
-        values, indices = torch.topk(logits, k, dim=-1)
-        probs = F.softmax(values / temperature, dim=-1)
-        choice = torch.multinomial(probs, num_samples=1, generator=rng)
-        return indices.gather(1, choice)
-    probs = F.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=rng)
+        logits, indices = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)
+    choice = torch.multinomial(F.softmax(logits / temperature, dim=-1), num_samples=1, generator=rng)
+    return choice if indices is None else indices.gather(1, choice)
 
 
 class RowState:
@@ -284,8 +269,7 @@ class Engine:
         self.tokenizer = tokenizer
         on_cuda = model.get_device().type == "cuda"
         self._step = partial(decode_step, model)
-        if compile is None:
-            compile = on_cuda
+        compile = on_cuda if compile is None else compile
         if compile:
             # CUDA graphs replay the whole step in one launch; on CPU a C++ wrapper calls the kernels
             options = {"triton.cudagraphs": True} if on_cuda else {"cpp_wrapper": True}
@@ -313,9 +297,10 @@ class Engine:
             raise ValueError("tokens must be a non-empty list of ints")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         device = self.model.get_device()
-        rng = torch.Generator(device=device)
-        rng.manual_seed(seed)
+        rng = torch.Generator(device=device).manual_seed(seed)
         special = self._special_ids()
         terminal = (special["assistant_end"], special["bos"])
 
@@ -324,9 +309,6 @@ class Engine:
         ids = torch.tensor([tokens], dtype=torch.long, device=device)
         logits = self.model.forward(ids, kv_cache=prefill_cache)[:, -1, :]
         # 2) every sample draws its own first token from the prefill logits
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-
         def uniform():  # each row's random number for its next draw (greedy needs none)
             return None if temperature < GREEDY_BELOW else torch.rand((num_samples, 1), generator=rng, device=device)
         next_ids = draw_tokens(logits.expand(num_samples, -1), uniform(), temperature, top_k)
@@ -342,11 +324,8 @@ class Engine:
         position_limit = getattr(self.model, "rotary_seq_len", None)
         num_generated = 0
         while True:
-            if max_tokens is not None and num_generated >= max_tokens:
-                break
-            if all(row.completed for row in rows):
-                break
-            if position_limit is not None and length >= position_limit:
+            if ((max_tokens is not None and num_generated >= max_tokens) or all(row.completed for row in rows)
+                    or (position_limit is not None and length >= position_limit)):
                 break
             if num_generated > 0:
                 if length >= cache.capacity:
@@ -406,9 +385,7 @@ class Engine:
                 else:
                     results[i].append(token)
                     masks[i].append(mask)
-            if all(done):
-                break
-        return results, masks
+        return results, masks  # generate itself stops once every row is done
 
 
 class ReplyDecoder:

@@ -113,10 +113,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=enable_gqa)
         else:
             # a chunk after a prefix: full view of the prefix, causal within the chunk
-            attn_mask = torch.zeros((Tq, Tk), dtype=torch.bool, device=q.device)
-            prefix_len = Tk - Tq
-            attn_mask[:, :prefix_len] = True
-            attn_mask[:, prefix_len:] = torch.tril(torch.ones((Tq, Tq), dtype=torch.bool, device=q.device))
+            attn_mask = torch.ones((Tq, Tk), dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=enable_gqa)
 
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
@@ -170,8 +167,7 @@ class GPT(nn.Module):
             torch.nn.init.zeros_(block.mlp.c_proj.weight)
             torch.nn.init.zeros_(block.attn.c_proj.weight)
         head_dim = self.config.n_embd // self.config.n_head
-        cos, sin = self._precompute_rotary_embeddings(self.rotary_seq_len, head_dim)
-        self.cos, self.sin = cos, sin
+        self.cos, self.sin = self._precompute_rotary_embeddings(self.rotary_seq_len, head_dim)
         if self.transformer.wte.weight.device.type == "cuda":
             self.transformer.wte.to(dtype=torch.bfloat16)  # the embedding is a lookup; halve its memory
 
@@ -179,15 +175,12 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear):
             fan_out, fan_in = module.weight.size(0), module.weight.size(1)
             std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
-            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)  # no Linear here has a bias
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=1.0)
 
-    def _precompute_rotary_embeddings(self, seq_len, head_dim, base=10000, device=None):
-        if device is None:
-            device = self.transformer.wte.weight.device
+    def _precompute_rotary_embeddings(self, seq_len, head_dim, base=10000):
+        device = self.transformer.wte.weight.device
         if device.type == "meta":
             device = torch.device("cpu")  # meta-tensor arithmetic is slow to warm up; init_weights rebuilds these
         channel_range = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
@@ -235,8 +228,7 @@ class GPT(nn.Module):
             # several gloo ranks train identically.
             fused = self.get_device().type == "cuda"
             adamw_optimizer = torch.optim.AdamW(adam_groups, fused=fused, **adamw_kwargs)
-        muon_kwargs = dict(lr=matrix_lr, momentum=0.95)
-        muon_optimizer = (DistMuon if ddp else Muon)(matrix_params, **muon_kwargs)
+        muon_optimizer = (DistMuon if ddp else Muon)(matrix_params, lr=matrix_lr, momentum=0.95)
         optimizers = [adamw_optimizer, muon_optimizer]
         for opt in optimizers:
             for group in opt.param_groups:
@@ -277,10 +269,7 @@ class GPT(nn.Module):
         """Naive batch-1 sampling without a KV cache: re-runs the whole sequence every step."""
         assert isinstance(tokens, list)
         device = self.get_device()
-        rng = None
-        if temperature > 0:
-            rng = torch.Generator(device=device)
-            rng.manual_seed(seed)
+        rng = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
         ids = torch.tensor([tokens], dtype=torch.long, device=device)
         for _ in range(max_tokens):
             logits = self.forward(ids)[:, -1, :]

@@ -12,6 +12,7 @@ Speed: matrices of the same shape are orthogonalized together, as one batch of m
 momentum and updates use torch's foreach kernels instead of a Python loop of small ops.
 """
 
+import functools
 import math
 
 import torch
@@ -56,14 +57,9 @@ def _newtonschulz5(G, steps, dtype):
     return X[0] if single else X.reshape(G.shape)
 
 
-_compiled_newtonschulz5 = None
-
-
+@functools.cache
 def _compiled():
-    global _compiled_newtonschulz5
-    if _compiled_newtonschulz5 is None:
-        _compiled_newtonschulz5 = torch.compile(_newtonschulz5)
-    return _compiled_newtonschulz5
+    return torch.compile(_newtonschulz5)
 
 
 def zeropower_via_newtonschulz5(G, steps, compile=None, dtype=None):
@@ -71,10 +67,8 @@ def zeropower_via_newtonschulz5(G, steps, compile=None, dtype=None):
     Orthogonalize G (a matrix or a stack of them). `compile=None` compiles on CUDA only: on CPU
     the products dominate and compiling adds warm-up for no gain. `dtype=None` picks by device.
     """
-    if compile is None:
-        compile = G.is_cuda
-    if dtype is None:
-        dtype = newton_schulz_dtype(G.device)
+    compile = G.is_cuda if compile is None else compile
+    dtype = newton_schulz_dtype(G.device) if dtype is None else dtype
     fn = _compiled() if compile else _newtonschulz5
     if dtype == torch.float32 and G.ndim > 2:
         # float32 batched products round differently from single ones (bf16 ones do not), and
@@ -84,10 +78,8 @@ def zeropower_via_newtonschulz5(G, steps, compile=None, dtype=None):
 
 
 def _muon_update(params, grads, states, group):
-    """
-    The Muon rule for same-shape parameters, batched; shared by Muon and DistMuon so both do
-    identical math. `grads` are overwritten (with the Nesterov blend).
-    """
+    """The Muon rule for same-shape parameters, batched; shared by Muon and DistMuon so both do
+    identical math. `grads` are overwritten (with the Nesterov blend)."""
     for state, grad in zip(states, grads):
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(grad)
@@ -96,9 +88,7 @@ def _muon_update(params, grads, states, group):
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     if group["nesterov"]:
         torch._foreach_lerp_(grads, bufs, momentum)
-        blended = grads
-    else:
-        blended = bufs
+    blended = grads if group["nesterov"] else bufs
     update = zeropower_via_newtonschulz5(torch.stack(blended), steps=group["ns_steps"], compile=group.get("compile"))
     p = params[0]
     scale = math.sqrt(max(1.0, p.size(-2) / p.size(-1)))
@@ -123,9 +113,7 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, compile=None):
         params = list(params)
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, compile=compile)
-        groups = []
-        for size in sorted({p.numel() for p in params}):
-            groups.append(dict(params=[p for p in params if p.numel() == size]))
+        groups = [dict(params=[p for p in params if p.numel() == size]) for size in sorted({p.numel() for p in params})]
         super().__init__(groups, defaults)
 
     @torch.no_grad()
@@ -169,12 +157,8 @@ def _all_gather(outputs, tensor):
 
 
 class DistMuon(torch.optim.Optimizer):
-    """
-    Distributed Muon. Params (all 2-D) are grouped by shape; within a group they are walked in
-    blocks of world_size and param `base + rank` of each block is owned by this rank.
-    Phase 1 averages the block's gradients into the owners; phase 2 lets each owner update its
-    param and all-gathers the new values to every rank.
-    """
+    """Distributed Muon. Params (all 2-D) are grouped by shape and walked in blocks of world_size: slot i of
+    a block is rank i's, which receives its averaged gradient, updates it and all-gathers the new value."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, compile=None):
         params = list(params)
@@ -193,37 +177,28 @@ class DistMuon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         rank, world_size = dist.get_rank(), dist.get_world_size()
-        for group in self.param_groups:
-            for p in group["params"]:
+        blocks = []  # (group, padding, up to world_size params): slot i of a block is rank i's
+        for group, zero in zip(self.param_groups, self._zero_buffers):
+            params = group["params"]
+            for p in params:
                 assert p.grad is not None, f"DistMuon: parameter of shape {tuple(p.shape)} has no gradient"
+            blocks.extend((group, zero, params[base:base + world_size]) for base in range(0, len(params), world_size))
 
         # phase 1: launch all gradient reductions so communication overlaps
         pending = []
-        for group, zero in zip(self.param_groups, self._zero_buffers):
-            params = group["params"]
-            for base in range(0, len(params), world_size):
-                inputs = [params[base + i].grad if base + i < len(params) else zero for i in range(world_size)]
-                owned = base + rank
-                output = params[owned].grad if owned < len(params) else torch.empty_like(zero)
-                pending.append(_reduce_scatter_avg(output, inputs))
+        for group, zero, block in blocks:
+            inputs = [p.grad for p in block] + [zero] * (world_size - len(block))
+            output = block[rank].grad if rank < len(block) else torch.empty_like(zero)
+            pending.append(_reduce_scatter_avg(output, inputs))
 
         # phase 2: owners update, then everybody receives the new weights
         gathers = []
-        index = 0
-        for group, zero in zip(self.param_groups, self._zero_buffers):
-            params = group["params"]
-            for base in range(0, len(params), world_size):
-                pending[index].wait()
-                index += 1
-                owned = base + rank
-                if owned < len(params):
-                    p = params[owned]
-                    _muon_update([p], [p.grad], [self.state[p]], group)
-                    source = p
-                else:
-                    source = zero
-                outputs = [params[base + i] if base + i < len(params) else torch.empty_like(zero)
-                           for i in range(world_size)]
-                gathers.append(_all_gather(outputs, source))
+        for (group, zero, block), handle in zip(blocks, pending):
+            handle.wait()
+            if rank < len(block):
+                p = block[rank]
+                _muon_update([p], [p.grad], [self.state[p]], group)
+            outputs = block + [torch.empty_like(zero) for _ in range(world_size - len(block))]
+            gathers.append(_all_gather(outputs, block[rank] if rank < len(block) else zero))
         for handle in gathers:
             handle.wait()

@@ -6,13 +6,18 @@ everywhere: device helpers, LR/momentum schedules, batch arithmetic, evaluation 
 smoothing, throughput/MFU, the log line, wandb-or-nothing, checkpoint + exact resume, the report.
 """
 
-import os
 import random
 import resource
 
 import torch
+import torch.distributed as dist
 
-from nanochat.common import DummyWandb, autocast_context, print0  # noqa: F401  (autocast_context re-exported)
+from nanochat.checkpoint_manager import (invalidate_step, load_checkpoint, load_rank_state, save_checkpoint,
+                                         save_rank_files, saved_world_size)
+from nanochat.common import DummyWandb, print0, sum_across_ranks
+from nanochat.common import autocast_context  # noqa: F401  (re-exported, like get_report, for the stage scripts)
+from nanochat.engine import Engine
+from nanochat.report import get_report  # noqa: F401
 
 
 # dense bf16 peak FLOP/s by GPU name, most specific names first (an "H100 PCIe" is also an "H100")
@@ -40,9 +45,7 @@ def compile_model(model, device_type, enabled=None):
     """torch.compile on CUDA by default; elsewhere only when asked (CPU compile works but warms up slowly)."""
     if enabled is None:
         enabled = device_type == "cuda"
-    if not enabled:
-        return model
-    return torch.compile(model, dynamic=False)
+    return torch.compile(model, dynamic=False) if enabled else model
 
 
 # -----------------------------------------------------------------------------
@@ -114,11 +117,7 @@ def apply_schedule(optimizers, lr_multiplier, momentum=None):
 
 def is_due(step, every, last_step=False, skip_first=False):
     """A periodic task runs at the last step and every `every` steps; every <= 0 disables it."""
-    if every <= 0:
-        return False
-    if last_step:
-        return True
-    return step % every == 0 and not (skip_first and step == 0)
+    return every > 0 and (last_step or (step % every == 0 and not (skip_first and step == 0)))
 
 
 class LossTracker:
@@ -136,11 +135,6 @@ class LossTracker:
         return self.ema / (1 - self.beta ** (step + 1))
 
 
-def peak_flops(device_name):
-    """The dense bf16 peak of a GPU from its name (torch.cuda.get_device_name), or None when unknown."""
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
-
-
 _unknown_peak_reported = set()
 
 
@@ -150,7 +144,7 @@ def mfu_percent(flops_per_token, tokens_per_sec, world_size, device_type, device
     if device_type != "cuda":
         return None
     device_name = device_name or torch.cuda.get_device_name()
-    peak = peak_flops(device_name)
+    peak = next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
     if peak is None:
         if device_name not in _unknown_peak_reported:
             _unknown_peak_reported.add(device_name)
@@ -187,11 +181,6 @@ def init_wandb(run, user_config, master_process, project="nanochat"):
     return wandb.init(project=project, name=run, config=user_config)
 
 
-def get_report():
-    from nanochat.report import get_report as _get_report
-    return _get_report()
-
-
 # -----------------------------------------------------------------------------
 # checkpoint + exact resume
 
@@ -215,11 +204,8 @@ def save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, rank
     writes its optimizer shards and RNG state, and only once all are on disk does rank 0 write the
     model and the meta that marks the step complete. `optimizers=None` saves no optimizer state (SFT/RL).
     """
-    import torch.distributed as dist
-    from nanochat.checkpoint_manager import invalidate_step, save_checkpoint, save_rank_files
     distributed = dist.is_available() and dist.is_initialized()
     if rank == 0:
-        os.makedirs(checkpoint_dir, exist_ok=True)
         invalidate_step(checkpoint_dir, step)
     if distributed:
         dist.barrier()  # no rank rewrites a shard while the old meta still vouches for it
@@ -235,7 +221,6 @@ def save_training_checkpoint(checkpoint_dir, step, model, optimizers, meta, rank
 def check_resume_world_size(checkpoint_dir, step, world_size):
     """Refuse, in every stage alike, to resume a checkpoint written by a different number of ranks:
     optimizer shards and data positions belong to the ranks that wrote them."""
-    from nanochat.checkpoint_manager import saved_world_size
     saved = saved_world_size(checkpoint_dir, step)
     if saved is not None and saved != world_size:
         raise ValueError(
@@ -246,8 +231,6 @@ def check_resume_world_size(checkpoint_dir, step, world_size):
 
 def load_training_checkpoint(checkpoint_dir, step, model, optimizers, device, rank=0):
     """Restore model, optimizers and RNG saved by save_training_checkpoint; returns the meta dict."""
-    import torch.distributed as dist
-    from nanochat.checkpoint_manager import load_checkpoint, load_rank_state
     if optimizers is not None:
         check_resume_world_size(checkpoint_dir, step, dist.get_world_size() if dist.is_initialized() else 1)
     model_data, optimizer_data, meta = load_checkpoint(checkpoint_dir, step, device,
@@ -283,7 +266,6 @@ SAMPLE_PROMPTS = [
 
 def sample_completions(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens=16):
     """Greedy completions (prompt included), through the KV-cached Engine."""
-    from nanochat.engine import Engine
     engine = Engine(model, tokenizer)
     bos = tokenizer.get_bos_token_id()
     samples = []
@@ -300,7 +282,6 @@ def num_params(model):
 
 def gather_loader_states(state):
     """Every rank's loader state, as a list indexed by rank (checkpoint meta is written by rank 0 only)."""
-    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return [state]
     states = [None] * dist.get_world_size()
@@ -310,12 +291,7 @@ def gather_loader_states(state):
 
 def any_rank(flag, device):
     """True on every rank if `flag` is True on any rank, so all ranks leave a loop together."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return bool(flag)
-    t = torch.tensor(int(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return sum_across_ranks([int(flag)], device)[0] > 0
 
 
 def setup_optimizers(model, cfg, init_lr_frac=1.0):
