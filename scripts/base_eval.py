@@ -22,7 +22,7 @@ import time
 import zipfile
 
 from nanochat.common import (autocast_context, autodetect_device_type, compute_cleanup, compute_init, data_pack_path,
-                             download_file_with_lock, get_base_dir, get_dist_info, print0)
+                             download_file_with_lock, get_base_dir, print0)
 from nanochat.core_eval import evaluate_task, split_malformed
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
@@ -59,20 +59,13 @@ def get_eval_bundle_dir():
 def load_core_tasks(bundle_dir):
     """The task entries of core.yaml, each with a resolved file path."""
     import yaml
-    config_path = os.path.join(bundle_dir, "core.yaml")
-    with open(config_path, encoding="utf-8") as f:
+    with open(os.path.join(bundle_dir, "core.yaml"), encoding="utf-8") as f:
         config = yaml.safe_load(f)
-    tasks = []
-    for entry in config["icl_tasks"]:
-        tasks.append(dict(
-            label=entry["label"],
-            task_type=entry["icl_task_type"],
-            dataset_uri=entry["dataset_uri"],
-            num_fewshot=entry["num_fewshot"][0],
-            continuation_delimiter=entry.get("continuation_delimiter", " "),
-            path=os.path.join(bundle_dir, "eval_data", entry["dataset_uri"]),
-        ))
-    return tasks
+    return [dict(label=entry["label"], task_type=entry["icl_task_type"], dataset_uri=entry["dataset_uri"],
+                 num_fewshot=entry["num_fewshot"][0],
+                 continuation_delimiter=entry.get("continuation_delimiter", " "),
+                 path=os.path.join(bundle_dir, "eval_data", entry["dataset_uri"]))
+            for entry in config["icl_tasks"]]
 
 
 def load_random_baselines(bundle_dir):
@@ -82,18 +75,14 @@ def load_random_baselines(bundle_dir):
 
 
 def load_task_rows(path):
-    """(rows, number of lines that are not valid JSON objects)."""
+    """(rows, number of non-blank lines that are not valid JSON)."""
     rows, bad = [], 0
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
+        for line in filter(str.strip, f):
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError:
                 bad += 1
-                continue
-            rows.append(row)
     return rows, bad
 
 
@@ -109,10 +98,8 @@ def core_label(num_done, skipped):
 # Evaluation
 
 def evaluate_model(model, tokenizer, device, max_per_task=-1):
-    """
-    Run every CORE task. Returns {"results", "centered_results", "core_metric"} as the reference,
-    plus "core_label", "skipped_tasks" and "malformed" (per task count of rows that were left out).
-    """
+    """Run every CORE task. Returns {"results", "centered_results", "core_metric"} as the reference, plus
+    "core_label", "skipped_tasks" and "malformed" (per task count of rows that were left out)."""
     bundle_dir = get_eval_bundle_dir()
     tasks = load_core_tasks(bundle_dir)
     baselines = load_random_baselines(bundle_dir)
@@ -207,7 +194,6 @@ def main():
     with autocast_ctx:
         out = evaluate_model(model, tokenizer, device, max_per_task=args.max_per_task)
 
-    _, rank, _, _ = get_dist_info()
     if rank == 0:
         csv_path = os.path.join(get_base_dir(), "base_eval", f"{model_slug}.csv")
         table = write_csv(csv_path, out)

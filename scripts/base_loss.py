@@ -37,9 +37,8 @@ def main(argv=None):
 
     tokens_per_step = cfg.device_batch_size * sequence_len * world_size
     if cfg.split_tokens % tokens_per_step != 0:
-        raise ValueError(f"split_tokens={cfg.split_tokens} is not divisible by "
-                         "device_batch_size*sequence_len*world_size"
-                         f" = {cfg.device_batch_size}*{sequence_len}*{world_size} = {tokens_per_step}")
+        raise ValueError(f"split_tokens={cfg.split_tokens} is not divisible by device_batch_size*sequence_len*"
+                         f"world_size = {cfg.device_batch_size}*{sequence_len}*{world_size} = {tokens_per_step}")
     steps = cfg.split_tokens // tokens_per_step
     token_bytes = get_token_bytes(device=device)
     bpb_results = {}

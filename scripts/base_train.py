@@ -191,8 +191,7 @@ def main(argv=None):
 
     report = get_report()
     core_metric = None
-    step = start_step
-    while True:
+    for step in range(start_step, num_iterations + 1):
         last_step = step == num_iterations
         flops_so_far = flops_per_token * cfg.total_batch_size * step
 
@@ -209,7 +208,7 @@ def main(argv=None):
                            "total_training_time": total_training_time, "val/bpb": val_bpb})
             report.log_metrics(SECTION, step, val_bpb=val_bpb)
 
-        if cfg.core_metric_every > 0 and is_due(step, cfg.core_metric_every, last_step, skip_first=True):
+        if is_due(step, cfg.core_metric_every, last_step, skip_first=True):
             from scripts.base_eval import evaluate_model
             orig_model.eval()
             with autocast_ctx:
@@ -271,13 +270,10 @@ def main(argv=None):
                                grad_norm=grad_norm, mfu=mfu, total_time=total_training_time))
         report.log_metrics(SECTION, step, train_loss=smooth_loss, lrm=lrm)
         if step % 100 == 0:
-            log = {"step": step, "total_training_flops": flops_so_far, "total_training_time": total_training_time,
-                   "train/loss": smooth_loss, "train/lrm": lrm, "train/dt": dt, "train/tok_per_sec": tok_per_sec,
-                   "train/mfu": mfu or 0.0}
-            if grad_norm is not None:
-                log["train/grad_norm"] = grad_norm
-            wandb_run.log(log)
-        step += 1
+            grad_log = {} if grad_norm is None else {"train/grad_norm": grad_norm}
+            wandb_run.log({"step": step, "total_training_flops": flops_so_far,
+                           "total_training_time": total_training_time, "train/loss": smooth_loss, "train/lrm": lrm,
+                           "train/dt": dt, "train/tok_per_sec": tok_per_sec, "train/mfu": mfu or 0.0, **grad_log})
 
     peak_mib = peak_memory_mib(device_type)
     print0(f"Peak memory usage: {peak_mib:.2f}MiB")

@@ -32,28 +32,20 @@ ALL_TASKS = list(TASK_FACTORIES)
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
 
 
-def _rank_world():
-    _, rank, _, world_size = get_dist_info()
-    return rank, world_size
-
-
 def run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_new_tokens, temperature, top_k,
                         max_problems=None):
     """pass@num_samples: a problem passes if any of its samples passes task.evaluate."""
-    rank, world_size = _rank_world()
+    _, rank, _, world_size = get_dist_info()
     device = model.get_device()
     num_problems = len(task_object) if max_problems is None else min(len(task_object), max_problems)
     num_passed, total = 0, 0
     for i in range(rank, num_problems, world_size):
         conversation = task_object[i]
-        encoded_prompt = tokenizer.render_for_completion(conversation)
-        results, _ = engine.generate_batch(encoded_prompt, num_samples=num_samples, max_tokens=max_new_tokens,
+        prompt = tokenizer.render_for_completion(conversation)
+        results, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
                                            temperature=temperature, top_k=top_k)
-        prefix_length = len(encoded_prompt)
-        completions = [tokenizer.decode(result[prefix_length:]) for result in results]
-        passed = any(task_object.evaluate(conversation, completion) for completion in completions)
         total += 1
-        num_passed += int(passed)
+        num_passed += any(task_object.evaluate(conversation, tokenizer.decode(r[len(prompt):])) for r in results)
         print(f"\r\033[KRank {rank} | {num_passed}/{total} ({100 * num_passed / total:.2f}%)", end="", flush=True)
     print()
     num_passed, total = sum_across_ranks([num_passed, total], device)
@@ -62,44 +54,35 @@ def run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_
     return num_passed / total if total else 0.0
 
 
-def _letter_token_ids(tokenizer, letters, cache):
-    """Each answer letter must be a single token; the ids are cached per tokenizer run."""
-    ids = []
-    for letter in letters:
-        if letter not in cache:
-            encoded = tokenizer.encode(letter)
-            if len(encoded) != 1:
-                raise ValueError(f"answer letter {letter!r} encodes to {len(encoded)} tokens; "
-                                 "categorical eval needs exactly one")
-            cache[letter] = encoded[0]
-        ids.append(cache[letter])
-    return ids
+def _letter_token_id(tokenizer, letter):
+    """Each answer letter must be a single token: its logit is the answer's score."""
+    encoded = tokenizer.encode(letter)
+    if len(encoded) != 1:
+        raise ValueError(f"answer letter {letter!r} encodes to {len(encoded)} tokens; "
+                         "categorical eval needs exactly one")
+    return encoded[0]
 
 
 @torch.no_grad()
 def run_categorical_eval(task_object, tokenizer, model, batch_size, max_problems=None):
     """Pick the answer letter with the highest logit right after <|assistant_start|>."""
-    rank, world_size = _rank_world()
+    _, rank, _, world_size = get_dist_info()
     device = model.get_device()
     bos = tokenizer.get_bos_token_id()
     num_problems = len(task_object) if max_problems is None else min(len(task_object), max_problems)
     num_batches = -(-num_problems // batch_size)
-    letter_cache = {}
     num_passed, total = 0, 0
     for b in range(rank, num_batches, world_size):
         i0, i1 = b * batch_size, min((b + 1) * batch_size, num_problems)
         conversations = [task_object[i] for i in range(i0, i1)]
         prompts = [tokenizer.render_for_completion(conversation) for conversation in conversations]
         max_length = max(len(p) for p in prompts)
-        answer_positions = [len(p) - 1 for p in prompts]
-        padded = [p + [bos] * (max_length - len(p)) for p in prompts]
-        prompt_ids = torch.tensor(padded, dtype=torch.long, device=device)
-        logits = model(prompt_ids)
-        for idx, conversation in enumerate(conversations):
+        padded = [p + [bos] * (max_length - len(p)) for p in prompts]  # right-padded: answers stay in place
+        logits = model(torch.tensor(padded, dtype=torch.long, device=device))
+        for prompt, row_logits, conversation in zip(prompts, logits, conversations):
             letters = conversation["letters"]
-            letter_ids = _letter_token_ids(tokenizer, letters, letter_cache)
-            focus_logits = logits[idx, answer_positions[idx], letter_ids]
-            predicted_letter = letters[focus_logits.argmax(dim=-1).item()]
+            ids = [_letter_token_id(tokenizer, letter) for letter in letters]
+            predicted_letter = letters[row_logits[len(prompt) - 1, ids].argmax(dim=-1).item()]
             num_passed += int(task_object.evaluate(conversation, predicted_letter))
             total += 1
     num_passed, total = sum_across_ranks([num_passed, total], device)
@@ -127,9 +110,7 @@ def run_chat_eval(task_name, model, tokenizer, engine, batch_size=1, num_samples
     if task_object.eval_type == "generative":
         return run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_new_tokens,
                                    temperature, top_k, max_problems=max_problems)
-    if task_object.eval_type == "categorical":
-        return run_categorical_eval(task_object, tokenizer, model, batch_size, max_problems=max_problems)
-    raise ValueError(f"Unsupported task evaluation type: {task_object.eval_type}")
+    return run_categorical_eval(task_object, tokenizer, model, batch_size, max_problems=max_problems)
 
 
 def chatcore(results):
@@ -175,17 +156,18 @@ def main():
     results = {}
     for task_name in task_names:
         with autocast_ctx:
-            acc = run_chat_eval(task_name, model, tokenizer, engine, batch_size=args.batch_size,
-                                num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, top_k=args.top_k, max_problems=args.max_problems)
-        results[task_name] = acc
-        print0(f"{task_name} accuracy: {100 * acc:.2f}%")
+            results[task_name] = run_chat_eval(task_name, model, tokenizer, engine, batch_size=args.batch_size,
+                                               num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                                               temperature=args.temperature, top_k=args.top_k,
+                                               max_problems=args.max_problems)
+        print0(f"{task_name} accuracy: {100 * results[task_name]:.2f}%")
 
     chatcore_metric = chatcore(results)
+    chatcore_entry = None
     if chatcore_metric is not None:
         print0(f"ChatCORE metric: {chatcore_metric:.4f}")
+        chatcore_entry = {"ChatCORE metric": chatcore_metric}
     from nanochat.report import get_report
-    chatcore_entry = {"ChatCORE metric": chatcore_metric} if chatcore_metric is not None else None
     get_report().log(section="Chat evaluation " + args.source, data=[vars(args), results, chatcore_entry])
     compute_cleanup()
 

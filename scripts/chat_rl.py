@@ -14,7 +14,7 @@ import itertools
 import os
 
 from nanochat.checkpoint_manager import load_model
-from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
+from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir, get_dist_info,
                              mean_across_ranks, print0, print_banner, sum_across_ranks)
 from nanochat.configurator import configure
 from nanochat.engine import Engine
@@ -49,13 +49,10 @@ DEFAULTS = dict(
 SECTION = "Chat RL"
 
 
-def run_gsm8k_eval(task, tokenizer, engine, max_examples=None, num_samples=1, max_completion_tokens=256,
-                   temperature=0.0, top_k=50):
-    """Yield {"idx", "outcomes": [{"is_correct"}, ...]} for this rank's share of the examples."""
-    from nanochat.common import get_dist_info
+def run_gsm8k_eval(task, tokenizer, engine, max_examples, num_samples, max_completion_tokens, temperature, top_k):
+    """Yield {"idx", "outcomes": [{"is_correct"}, ...]} for this rank's share of the first max_examples."""
     _, rank, _, world_size = get_dist_info()
-    limit = len(task) if max_examples is None else min(max_examples, len(task))
-    for idx in range(rank, limit, world_size):
+    for idx in range(rank, min(max_examples, len(task)), world_size):
         conversation = task[idx]
         prompt = tokenizer.render_for_completion(conversation)
         results, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_completion_tokens,

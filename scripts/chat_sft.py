@@ -15,7 +15,6 @@ import os
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before torch touches CUDA
 
-
 import torch
 
 from nanochat.chat_data import PaddedConversations, nonempty_tasks
@@ -97,9 +96,8 @@ def main(argv=None):
         raise ValueError(f"target_examples_per_step={cfg.target_examples_per_step} must be a multiple of "
                          f"device_batch_size*world_size = {cfg.device_batch_size}*{world_size} = {examples_per_pass}")
     accum_steps = cfg.target_examples_per_step // examples_per_pass
-    num_iterations = cfg.num_iterations
-    if num_iterations <= 0:
-        num_iterations = (len(train_ds) // cfg.target_examples_per_step) * cfg.num_epochs
+    num_iterations = (cfg.num_iterations if cfg.num_iterations > 0
+                      else (len(train_ds) // cfg.target_examples_per_step) * cfg.num_epochs)
     if num_iterations <= 0:
         raise ValueError(f"{len(train_ds)} training rows give no full step of {cfg.target_examples_per_step} "
                          "examples; lower target_examples_per_step or set num_iterations")

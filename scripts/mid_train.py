@@ -89,13 +89,13 @@ def main(argv=None):
     autocast_ctx = autocast_context(device_type, cfg.dtype)
     wandb_run = init_wandb(cfg.run, user_config, master_process, project="nanochat-mid")
 
-    model, tokenizer, base_meta = load_model("base", device, phase="train", model_tag=cfg.model_tag, step=cfg.step)
+    orig_model, tokenizer, base_meta = load_model("base", device, phase="train", model_tag=cfg.model_tag,
+                                                  step=cfg.step)
     if cfg.device_batch_size > base_meta.get("device_batch_size", cfg.device_batch_size):
         print0(f"FOOTGUN WARNING: device_batch_size={cfg.device_batch_size} is larger than the base run's "
                f"{base_meta['device_batch_size']}; lower it if you run out of memory")
-    model_config = dict(model.config.__dict__, sequence_len=cfg.max_seq_len)
-    orig_model = model
-    model = compile_model(model, device_type, cfg.compile)
+    model_config = dict(orig_model.config.__dict__, sequence_len=cfg.max_seq_len)
+    model = compile_model(orig_model, device_type, cfg.compile)
     flops_per_token = orig_model.estimate_flops()
     accum_steps = grad_accum_steps(cfg.total_batch_size, cfg.device_batch_size, cfg.max_seq_len, world_size)
     print0(f"Total batch size {cfg.total_batch_size:,} => gradient accumulation steps: {accum_steps}")
@@ -126,7 +126,6 @@ def main(argv=None):
     x, y = next(train_loader)
     eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world_size))
     report = get_report()
-    dt = 0.0
     while True:
         done = train_loader.last_step or (cfg.num_iterations > 0 and step >= cfg.num_iterations)
         last_step = any_rank(done, device)  # all ranks stop together

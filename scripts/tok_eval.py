@@ -61,12 +61,10 @@ which feeds the citric acid cycle; the reduced cofactors then drive oxidative ph
 def corpus_samples():
     """First row group of the first train shard and of the val shard, when shards exist."""
     from nanochat.dataset import list_parquet_files, parquets_iter_batched
-    samples = []
     if not list_parquet_files():
         print("No pretraining shards found: skipping the fwe-train / fwe-val rows")
-        return samples
-    train_docs = next(parquets_iter_batched(split="train"), [])
-    samples.append(("fwe-train", "\n".join(train_docs)))
+        return []
+    samples = [("fwe-train", "\n".join(next(parquets_iter_batched(split="train"), [])))]
     val_docs = next(parquets_iter_batched(split="val"), [])
     if val_docs:
         samples.append(("fwe-val", "\n".join(val_docs)))
@@ -145,8 +143,7 @@ def main():
 
     print("\nOur tokenizer:")
     print(f"{'Text Type':<10} {'Bytes':<8} {'Tokens':<8} {'Ratio':<7}")
-    for name, _ in texts:
-        o = ours[name]
+    for name, o in ours.items():
         print(f"{name:<10} {o['bytes']:<8} {o['tokens']:<8} {o['ratio']:<7.2f}")
 
     report_lines = []
@@ -158,8 +155,7 @@ def main():
         print_comparison(label, baseline, ours, texts)
         report_lines.append(markdown_table(label, baseline, ours, texts))
     if all(tok is None for _, tok in baselines):
-        rows = "\n".join(f"| {name} | {ours[name]['bytes']} | {ours[name]['tokens']} | {ours[name]['ratio']:.2f} |"
-                         for name, _ in texts)
+        rows = "\n".join(f"| {name} | {o['bytes']} | {o['tokens']} | {o['ratio']:.2f} |" for name, o in ours.items())
         report_lines.append("### Ours\n\n| Text Type | Bytes | Ours Tokens | Ours Ratio |\n"
                             "|-----------|-------|-------------|------------|\n" + rows + "\n")
 

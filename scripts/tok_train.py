@@ -26,7 +26,7 @@ def text_iterator(max_chars, doc_cap):
     nchars = 0
     for batch in parquets_iter_batched(split="train"):
         for doc in batch:
-            doc_text = doc[:doc_cap] if len(doc) > doc_cap else doc
+            doc_text = doc[:doc_cap]
             nchars += len(doc_text)
             yield doc_text
             if nchars > max_chars:
@@ -39,9 +39,8 @@ def main():
     parser.add_argument("--doc_cap", type=int, default=10_000, help="Maximum characters per document")
     parser.add_argument("--vocab_size", type=int, default=65536, help="Vocabulary size (including special tokens)")
     args = parser.parse_args()
-    print0(f"max_chars: {args.max_chars:,}")
-    print0(f"doc_cap: {args.doc_cap:,}")
-    print0(f"vocab_size: {args.vocab_size:,}")
+    for name, value in vars(args).items():
+        print0(f"{name}: {value:,}")
 
     from nanochat.dataset import list_parquet_files
     if len(list_parquet_files()) < 2:
@@ -71,12 +70,8 @@ def main():
         vars(args),
         {"train_time": train_time},
         {"num_special_tokens": len(tokenizer.get_special_tokens())},
-        {
-            "token_bytes_min": int(nonzero.min().item()),
-            "token_bytes_max": int(nonzero.max().item()),
-            "token_bytes_mean": nonzero.mean().item(),
-            "token_bytes_std": nonzero.std().item(),
-        },
+        {"token_bytes_min": int(nonzero.min().item()), "token_bytes_max": int(nonzero.max().item()),
+         "token_bytes_mean": nonzero.mean().item(), "token_bytes_std": nonzero.std().item()},
     ])
 
 
