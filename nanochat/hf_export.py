@@ -38,10 +38,7 @@ class HFExportError(ValueError):
     pass
 
 
-# -----------------------------------------------------------------------------
-# weights and config
-
-# (our name, transformers name); {i} is the layer index
+# (our name, transformers name) of each block's weights, then of the top-level ones
 _LAYER_NAMES = [
     ("attn.c_q", "self_attn.q_proj"), ("attn.c_k", "self_attn.k_proj"), ("attn.c_v", "self_attn.v_proj"),
     ("attn.c_proj", "self_attn.o_proj"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"),
@@ -50,11 +47,9 @@ _TOP_NAMES = [("transformer.wte.weight", "model.embed_tokens.weight"), ("lm_head
 
 
 def _name_map(n_layer):
-    pairs = list(_TOP_NAMES)
-    for i in range(n_layer):
-        for ours, theirs in _LAYER_NAMES:
-            pairs.append((f"transformer.h.{i}.{ours}.weight", f"model.layers.{i}.{theirs}.weight"))
-    return pairs
+    layers = [(f"transformer.h.{i}.{ours}.weight", f"model.layers.{i}.{theirs}.weight")
+              for i in range(n_layer) for ours, theirs in _LAYER_NAMES]
+    return _TOP_NAMES + layers
 
 
 def _rename(state_dict, pairs, what):
@@ -133,23 +128,19 @@ def model_config_from_hf(config, where="config.json"):
             "n_layer": config["num_hidden_layers"], "n_head": n_head, "n_kv_head": n_kv_head, "n_embd": n_embd}
 
 
-# -----------------------------------------------------------------------------
-# export
-
 def _prepare_out_dir(out_dir, force):
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        present = sorted(os.listdir(out_dir))
-        if not force:
-            raise FileExistsError(f"{out_dir} already holds files ({', '.join(present[:6])}"
-                                  f"{', ...' if len(present) > 6 else ''}); pick an empty directory or pass --force")
-        others = [p for p in present if p not in HF_FILES]
-        if others:
-            print(f"Note: --force keeps files we do not write: {', '.join(others)}")
+    present = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    if present and not force:
+        raise FileExistsError(f"{out_dir} already holds files ({', '.join(present[:6])}"
+                              f"{', ...' if len(present) > 6 else ''}); pick an empty directory or pass --force")
+    others = [p for p in present if p not in HF_FILES]
+    if others:
+        print(f"Note: --force keeps files we do not write: {', '.join(others)}")
     os.makedirs(out_dir, exist_ok=True)
 
 
-def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as f:
+def _write_json(out_dir, name, data):
+    with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
 
@@ -170,14 +161,14 @@ def export_to_hf(out_dir, state_dict, model_config, enc, chat, dtype="float32", 
 
     bos_id = enc._special_tokens["<|bos|>"]
     eos_id = enc._special_tokens["<|assistant_end|>"] if chat else bos_id
-    _write_json(os.path.join(out_dir, "config.json"), hf_config_dict(model_config, bos_id, eos_id, eos_id, dtype))
-    _write_json(os.path.join(out_dir, "generation_config.json"),
+    _write_json(out_dir, "config.json", hf_config_dict(model_config, bos_id, eos_id, eos_id, dtype))
+    _write_json(out_dir, "generation_config.json",
                 {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id})
     tok, tok_config, special_map = tokenizer_files(enc, chat, model_config["sequence_len"])
     tok.save(os.path.join(out_dir, "tokenizer.json"))
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), tok_config)
-    _write_json(os.path.join(out_dir, "special_tokens_map.json"), special_map)
-    _write_json(os.path.join(out_dir, META_FILE), {**(provenance or {}), "model_config": model_config})
+    _write_json(out_dir, "tokenizer_config.json", tok_config)
+    _write_json(out_dir, "special_tokens_map.json", special_map)
+    _write_json(out_dir, META_FILE, {**(provenance or {}), "model_config": model_config})
     return out_dir
 
 
@@ -188,16 +179,12 @@ def export_checkpoint(source, out_dir, model_tag=None, step=None, dtype="float32
     state_dict, _, meta = load_checkpoint(checkpoint_dir, step, "cpu")
     if "model_config" not in meta:
         raise HFExportError(f"{checkpoint_dir}/meta_{step:06d}.json has no model_config")
-    tokenizer = get_tokenizer()
     provenance = {"source": source, "model_tag": os.path.basename(checkpoint_dir), "step": step,
                   "meta": {k: v for k, v in meta.items() if k != "model_config"}}
-    export_to_hf(out_dir, state_dict, meta["model_config"], tokenizer.enc, chat=source in CHAT_SOURCES,
+    export_to_hf(out_dir, state_dict, meta["model_config"], get_tokenizer().enc, chat=source in CHAT_SOURCES,
                  dtype=dtype, force=force, provenance=provenance)
     return checkpoint_dir, step
 
-
-# -----------------------------------------------------------------------------
-# import
 
 def read_hf_dir(hf_dir):
     """(state_dict in our names, model_config, tiktoken Encoding, provenance) from an HF NanoChat dir."""
@@ -226,16 +213,15 @@ def read_hf_dir(hf_dir):
 def _install_tokenizer(enc, tokenizer_dir):
     """Write the tokenizer to <base>/tokenizer unless one is there; an existing one must be the same."""
     from nanochat.tokenizer import RustBPETokenizer, save_token_bytes
-    if os.path.exists(os.path.join(tokenizer_dir, "tokenizer.pkl")):
-        existing = RustBPETokenizer.from_directory(tokenizer_dir).enc
-        if existing._mergeable_ranks != enc._mergeable_ranks or existing._special_tokens != enc._special_tokens:
-            raise HFExportError(f"{tokenizer_dir} already holds a different tokenizer; import into a fresh "
-                                "base dir (NANOCHAT_BASE_DIR=...) so the checkpoint keeps its own tokenizer")
-        return False
-    tokenizer = RustBPETokenizer(enc, "<|bos|>")
-    tokenizer.save(tokenizer_dir)
-    save_token_bytes(tokenizer, tokenizer_dir)
-    return True
+    if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.pkl")):
+        tokenizer = RustBPETokenizer(enc, "<|bos|>")
+        tokenizer.save(tokenizer_dir)
+        save_token_bytes(tokenizer, tokenizer_dir)
+        return
+    existing = RustBPETokenizer.from_directory(tokenizer_dir).enc
+    if existing._mergeable_ranks != enc._mergeable_ranks or existing._special_tokens != enc._special_tokens:
+        raise HFExportError(f"{tokenizer_dir} already holds a different tokenizer; import into a fresh "
+                            "base dir (NANOCHAT_BASE_DIR=...) so the checkpoint keeps its own tokenizer")
 
 
 def import_hf_dir(hf_dir, source=None, model_tag=None, step=None, force=False):

@@ -52,13 +52,9 @@ CHAT_TEMPLATE = (
 def bytes_to_unicode():
     """GPT-2's reversible byte -> printable character table used by byte-level BPE vocabularies."""
     printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)  # bytes that would be invisible get shifted past 255
-            extra += 1
+    invisible = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + n) for n, b in enumerate(invisible)})  # shifted past 255, in byte order
     return table
 
 
@@ -69,13 +65,10 @@ def _merges_from_ranks(ranks):
     first); listing every such split gives HF's merge-list BPE the same choices.
     """
     merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        splits = []
-        for i in range(1, len(token)):
-            left, right = token[:i], token[i:]
-            if left in ranks and right in ranks:
-                splits.append((ranks[left], ranks[right], left, right))
-        merges.extend((left, right) for _, _, left, right in sorted(splits))
+    for token in sorted(ranks, key=ranks.get):
+        halves = [(token[:i], token[i:]) for i in range(1, len(token))]
+        splits = [(left, right) for left, right in halves if left in ranks and right in ranks]
+        merges.extend(sorted(splits, key=lambda split: (ranks[split[0]], ranks[split[1]])))
     return merges
 
 
@@ -83,8 +76,7 @@ def hf_tokenizer_from_encoding(enc, add_bos=True):
     """A `tokenizers.Tokenizer` that gives the same ids as the tiktoken Encoding `enc`."""
     from tokenizers import AddedToken, Tokenizer, decoders, processors
     from tokenizers.models import BPE
-    ranks = enc._mergeable_ranks
-    specials = enc._special_tokens
+    ranks, specials = enc._mergeable_ranks, enc._special_tokens
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError("the tokenizer's ranks are not 0..N-1; cannot build a BPE vocabulary")
     to_unicode = bytes_to_unicode()
@@ -95,7 +87,6 @@ def hf_tokenizer_from_encoding(enc, add_bos=True):
     vocab = {u(token): rank for token, rank in ranks.items()}
     merges = [(u(a), u(b)) for a, b in _merges_from_ranks(ranks)]
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = None
     tok.pre_tokenizer = byte_level_pre_tokenizer(enc._pat_str)
     tok.decoder = decoders.ByteLevel()
     # add specials in id order so each lands on the id tiktoken gives it
@@ -132,16 +123,13 @@ def encoding_from_tokenizer_json(path):
 
 
 def _split_pattern(pre_tokenizer):
-    if not pre_tokenizer:
-        return None
-    if pre_tokenizer.get("type") == "Sequence":
-        for inner in pre_tokenizer.get("pretokenizers", []):
-            found = _split_pattern(inner)
-            if found is not None:
-                return found
-        return None
-    if pre_tokenizer.get("type") == "Split":
+    """The Regex of the first Split in a pre_tokenizer spec (Sequences searched depth-first), else None."""
+    kind = (pre_tokenizer or {}).get("type")
+    if kind == "Split":
         return (pre_tokenizer.get("pattern") or {}).get("Regex")
+    if kind == "Sequence":
+        found = (_split_pattern(inner) for inner in pre_tokenizer.get("pretokenizers", []))
+        return next((pattern for pattern in found if pattern is not None), None)
     return None
 
 
@@ -150,15 +138,15 @@ def tokenizer_files(enc, chat, sequence_len):
     tok = hf_tokenizer_from_encoding(enc)
     eos = "<|assistant_end|>" if chat else "<|bos|>"
     extra = [s for s in SPECIAL_TOKENS if s in enc._special_tokens and s not in ("<|bos|>", eos)]
-    special_map = {"bos_token": "<|bos|>", "eos_token": eos, "pad_token": eos}
+    special_map = {"bos_token": "<|bos|>", "eos_token": eos, "pad_token": eos,
+                   "additional_special_tokens": extra}  # the name both transformers v4 and v5 read
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special_map,
-        "additional_special_tokens": extra,  # the name both transformers v4 and v5 read
         "add_bos_token": True,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": sequence_len,
         "chat_template": CHAT_TEMPLATE,
     }
-    return tok, config, {**special_map, "additional_special_tokens": extra}
+    return tok, config, special_map

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 @dataclass
 class Piece:
-    """One document's tokens in the stream."""
     ids: list
     offset: int  # index of its next unconsumed token
     origin: tuple  # where it was read from (the loader's own resume coordinates)
@@ -27,8 +26,7 @@ class TokenStream:
         self.available += len(ids) - offset
 
     @property
-    def head(self):
-        """The piece the next token comes from."""
+    def head(self):  # the piece the next token comes from
         return self.pieces[0]
 
     def take(self, n):

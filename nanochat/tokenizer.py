@@ -37,6 +37,25 @@ def _check_vocab_size(vocab_size):
                              f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens)")
 
 
+def _special_ids(tokenizer, token):
+    """[] for None, else [id] of a special token given by name or id: what encode puts around the text."""
+    if token is None:
+        return []
+    if isinstance(token, int):
+        return [token]
+    if isinstance(token, str):
+        return [tokenizer.encode_special(token)]
+    raise ValueError(f"prepend/append must be a special-token string or an int id, got {type(token)}")
+
+
+def _write_atomically(path, write):
+    """write(f) into a temp file, then rename it over path: an interrupted run never leaves a torn file."""
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "wb") as f:
+        write(f)
+    os.replace(tmp_path, path)
+
+
 def byte_level_pre_tokenizer(pattern=SPLIT_PATTERN):
     """The HF `tokenizers` pre-tokenizer that splits text as tiktoken does with `pattern`, then maps bytes to
     GPT-2's printable characters: shared by HF training, the HF export and the benchmarks."""
@@ -47,9 +66,6 @@ def byte_level_pre_tokenizer(pattern=SPLIT_PATTERN):
     ])
 
 
-# -----------------------------------------------------------------------------
-# HuggingFace tokenizers wrapper
-
 class HuggingFaceTokenizer:
     def __init__(self, tokenizer):
         # user text must never turn into special tokens: HF matches added tokens inside any text
@@ -59,8 +75,9 @@ class HuggingFaceTokenizer:
 
     @classmethod
     def from_pretrained(cls, hf_path):
+        """A Hub id, or a local folder holding tokenizer.json (e.g. our own export)."""
         if os.path.isdir(hf_path):
-            return cls.from_directory(hf_path)  # a local folder (e.g. our own export)
+            return cls.from_directory(hf_path)
         from tokenizers import Tokenizer as HFTokenizer
         return cls(HFTokenizer.from_pretrained(hf_path))
 
@@ -80,10 +97,8 @@ class HuggingFaceTokenizer:
         from tokenizers.trainers import BpeTrainer
         _check_vocab_size(vocab_size)
         tokenizer = HFTokenizer(BPE(byte_fallback=True, unk_token=None, fuse_unk=False))
-        tokenizer.normalizer = None
-        tokenizer.pre_tokenizer = byte_level_pre_tokenizer()
+        tokenizer.pre_tokenizer = byte_level_pre_tokenizer()  # no normalizer, no post-processor: the defaults
         tokenizer.decoder = decoders.ByteLevel()
-        tokenizer.post_processor = None
         trainer = BpeTrainer(vocab_size=vocab_size, show_progress=True, min_frequency=0,
                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                              special_tokens=SPECIAL_TOKENS)
@@ -104,27 +119,17 @@ class HuggingFaceTokenizer:
 
     def get_bos_token_id(self):
         # GPT-2 style tokenizers have no <|bos|>; their document separator plays that role
-        bos = self.encode_special("<|bos|>")
-        if bos is None:
-            bos = self.encode_special("<|endoftext|>")
-        if bos is None:
-            raise TokenizerError("tokenizer has neither <|bos|> nor <|endoftext|>; cannot pick a BOS token")
-        return bos
+        for name in ("<|bos|>", "<|endoftext|>"):
+            if (bos := self.encode_special(name)) is not None:
+                return bos
+        raise TokenizerError("tokenizer has neither <|bos|> nor <|endoftext|>; cannot pick a BOS token")
 
-    def _encode_one(self, text, prepend=None, append=None):
-        ids = []
-        if prepend is not None:
-            ids.append(prepend if isinstance(prepend, int) else self.encode_special(prepend))
-        ids.extend(self.tokenizer.encode(text, add_special_tokens=False).ids)
-        if append is not None:
-            ids.append(append if isinstance(append, int) else self.encode_special(append))
-        return ids
-
-    def encode(self, text, *args, **kwargs):
+    def encode(self, text, prepend=None, append=None):
+        prefix, suffix = _special_ids(self, prepend), _special_ids(self, append)
         if isinstance(text, str):
-            return self._encode_one(text, *args, **kwargs)
+            return prefix + self.tokenizer.encode(text, add_special_tokens=False).ids + suffix
         if isinstance(text, list):
-            return [self._encode_one(t, *args, **kwargs) for t in text]
+            return [prefix + self.tokenizer.encode(t, add_special_tokens=False).ids + suffix for t in text]
         raise ValueError(f"Invalid input type: {type(text)}")
 
     def __call__(self, *args, **kwargs):
@@ -139,9 +144,6 @@ class HuggingFaceTokenizer:
         self.tokenizer.save(path)
         print(f"Saved tokenizer to {path}")
 
-
-# -----------------------------------------------------------------------------
-# rustbpe (training) + tiktoken (inference)
 
 class RustBPETokenizer:
     def __init__(self, enc, bos_token):
@@ -161,8 +163,7 @@ class RustBPETokenizer:
             raise TokenizerError(
                 f"the training text only supports {len(mergeable_ranks)} ranks, fewer than the "
                 f"{vocab_size_no_special} needed for vocab_size={vocab_size}; give it more text or a smaller vocab")
-        tokens_offset = len(mergeable_ranks)
-        special_tokens = {name: tokens_offset + i for i, name in enumerate(SPECIAL_TOKENS)}
+        special_tokens = {name: len(mergeable_ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
         enc = tiktoken.Encoding(name="rustbpe", pat_str=tokenizer.get_pattern(),
                                 mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
         return cls(enc, "<|bos|>")
@@ -174,15 +175,13 @@ class RustBPETokenizer:
             raise FileNotFoundError(
                 f"no tokenizer at {pickle_path}. Train one first: python -m scripts.tok_train")
         with open(pickle_path, "rb") as f:
-            enc = pickle.load(f)
-        return cls(enc, "<|bos|>")
+            return cls(pickle.load(f), "<|bos|>")
 
     @classmethod
     def from_pretrained(cls, tiktoken_name):
         import tiktoken
-        enc = tiktoken.get_encoding(tiktoken_name)
         # tiktoken's pretrained encodings use <|endoftext|> as the document delimiter
-        return cls(enc, "<|endoftext|>")
+        return cls(tiktoken.get_encoding(tiktoken_name), "<|endoftext|>")
 
     def get_vocab_size(self):
         return self.enc.n_vocab
@@ -204,31 +203,12 @@ class RustBPETokenizer:
     def get_bos_token_id(self):
         return self.bos_token_id
 
-    def _special_id(self, token):
-        if isinstance(token, int):
-            return token
-        if isinstance(token, str):
-            return self.encode_special(token)
-        raise ValueError(f"prepend/append must be a special-token string or an int id, got {type(token)}")
-
     def encode(self, text, prepend=None, append=None, num_threads=8):
-        prepend_id = None if prepend is None else self._special_id(prepend)
-        append_id = None if append is None else self._special_id(append)
+        prefix, suffix = _special_ids(self, prepend), _special_ids(self, append)
         if isinstance(text, str):
-            ids = self.enc.encode_ordinary(text)
-            if prepend_id is not None:
-                ids.insert(0, prepend_id)
-            if append_id is not None:
-                ids.append(append_id)
-            return ids
+            return prefix + self.enc.encode_ordinary(text) + suffix
         if isinstance(text, list):
-            ids = self.enc.encode_ordinary_batch(text, num_threads=num_threads)
-            for row in ids:
-                if prepend_id is not None:
-                    row.insert(0, prepend_id)
-                if append_id is not None:
-                    row.append(append_id)
-            return ids
+            return [prefix + row + suffix for row in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
         raise ValueError(f"Invalid input type: {type(text)}")
 
     def __call__(self, *args, **kwargs):
@@ -240,80 +220,39 @@ class RustBPETokenizer:
     def save(self, tokenizer_dir):
         os.makedirs(tokenizer_dir, exist_ok=True)
         pickle_path = os.path.join(tokenizer_dir, "tokenizer.pkl")
-        tmp_path = pickle_path + ".tmp"
-        with open(tmp_path, "wb") as f:
-            pickle.dump(self.enc, f)
-        os.replace(tmp_path, pickle_path)
+        _write_atomically(pickle_path, lambda f: pickle.dump(self.enc, f))
         print(f"Saved tokenizer encoding to {pickle_path}")
 
     def token_byte_lengths(self):
         """True byte length of every token id (0 for special tokens)."""
         special_ids = {self.encode_special(s) for s in self.get_special_tokens()}
-        lengths = []
-        for token_id in range(self.get_vocab_size()):
-            if token_id in special_ids:
-                lengths.append(0)
-            else:
-                lengths.append(len(self.enc.decode_single_token_bytes(token_id)))
-        return lengths
-
-    # -------------------------------------------------------------------------
-    # chat rendering
+        return [0 if token_id in special_ids else len(self.enc.decode_single_token_bytes(token_id))
+                for token_id in range(self.get_vocab_size())]
 
     def render_conversation(self, conversation, max_tokens=2048):
-        """
-        Tokenize a chat conversation. Returns (ids, mask); mask is 1 on the tokens the
-        assistant is trained to produce and 0 elsewhere.
-        """
-        messages = _normalize_messages(conversation)
+        """Tokenize a chat conversation into (ids, mask); mask is 1 on the tokens the assistant
+        is trained to produce and 0 elsewhere."""
         ids, mask = [], []
 
-        def add(token_ids, mask_value):
-            if isinstance(token_ids, int):
-                token_ids = [token_ids]
+        def add(token_ids, mask_value, start=None, end=None):
+            if start is not None:
+                token_ids = [self.encode_special(start), *token_ids, self.encode_special(end)]
             ids.extend(token_ids)
             mask.extend([mask_value] * len(token_ids))
 
-        bos = self.get_bos_token_id()
-        user_start, user_end = self.encode_special("<|user_start|>"), self.encode_special("<|user_end|>")
-        assistant_start = self.encode_special("<|assistant_start|>")
-        assistant_end = self.encode_special("<|assistant_end|>")
-        python_start, python_end = self.encode_special("<|python_start|>"), self.encode_special("<|python_end|>")
-        output_start, output_end = self.encode_special("<|output_start|>"), self.encode_special("<|output_end|>")
-
-        add(bos, 0)
-        for i, message in enumerate(messages):
+        add([self.get_bos_token_id()], 0)
+        for i, message in enumerate(_normalize_messages(conversation)):
             content = message["content"]
             if message["role"] == "user":
                 if not isinstance(content, str):
                     raise ValueError(f"message {i}: user content must be a string, got {type(content).__name__}")
-                add(user_start, 0)
-                add(self.encode(content), 0)
-                add(user_end, 0)
+                add(self.encode(content), 0, "<|user_start|>", "<|user_end|>")
                 continue
-            add(assistant_start, 0)
-            if isinstance(content, str):
-                add(self.encode(content), 1)
-            elif isinstance(content, list):
-                for part in content:
-                    if not isinstance(part, dict) or not isinstance(part.get("text"), str):
-                        raise ValueError(f"message {i}: every assistant part needs a string 'text', got {part!r}")
-                    kind, value_ids = part.get("type"), self.encode(part["text"])
-                    if kind == "text":
-                        add(value_ids, 1)
-                    elif kind == "python":
-                        add(python_start, 1)
-                        add(value_ids, 1)
-                        add(python_end, 1)
-                    elif kind == "python_output":
-                        add(output_start, 0)
-                        add(value_ids, 0)
-                        add(output_end, 0)
-                    else:
-                        raise ValueError(f"message {i}: unknown assistant part type {kind!r}")
-            else:
-                raise ValueError(f"message {i}: unknown assistant content type {type(content).__name__}")
-            add(assistant_end, 1)
+            add([self.encode_special("<|assistant_start|>")], 0)
+            for part in _assistant_parts(i, content):
+                start, end, mask_value = _ASSISTANT_PARTS[part["type"]]
+                add(self.encode(part["text"]), mask_value, start, end)
+            add([self.encode_special("<|assistant_end|>")], 1)
 
         return ids[:max_tokens], mask[:max_tokens]
 
@@ -322,23 +261,40 @@ class RustBPETokenizer:
         pieces = []
         for token_id, mask_value in zip(ids, mask):
             color = GREEN if mask_value == 1 else RED
-            piece = f"{color}{self.decode([token_id])}{RESET}"
-            if with_token_id:
-                piece += f"{GRAY}({token_id}){RESET}"
-            pieces.append(piece)
+            id_suffix = f"{GRAY}({token_id}){RESET}" if with_token_id else ""
+            pieces.append(f"{color}{self.decode([token_id])}{RESET}{id_suffix}")
         return "|".join(pieces)
 
     def render_for_completion(self, conversation):
         """Prompt ids for sampling the assistant's reply: the conversation minus its last
         (assistant) message, followed by <|assistant_start|>."""
-        conversation = copy.deepcopy(conversation)
         messages = conversation["messages"]
         if not messages or messages[-1]["role"] != "assistant":
             raise ValueError("render_for_completion needs a conversation whose last message is the assistant's")
-        messages.pop()
-        ids, _ = self.render_conversation(conversation)
-        ids.append(self.encode_special("<|assistant_start|>"))
-        return ids
+        ids, _ = self.render_conversation({**conversation, "messages": messages[:-1]})
+        return ids + [self.encode_special("<|assistant_start|>")]
+
+
+# assistant part type -> (opening special, closing special, mask): the tool's output is given, not predicted
+_ASSISTANT_PARTS = {
+    "text": (None, None, 1),
+    "python": ("<|python_start|>", "<|python_end|>", 1),
+    "python_output": ("<|output_start|>", "<|output_end|>", 0),
+}
+
+
+def _assistant_parts(i, content):
+    """Message i's assistant content as a checked list of {"type", "text"} parts (a string is one text part)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise ValueError(f"message {i}: unknown assistant content type {type(content).__name__}")
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+            raise ValueError(f"message {i}: every assistant part needs a string 'text', got {part!r}")
+        if part.get("type") not in _ASSISTANT_PARTS:
+            raise ValueError(f"message {i}: unknown assistant part type {part.get('type')!r}")
+    return content
 
 
 def _normalize_messages(conversation):
@@ -362,9 +318,6 @@ def _normalize_messages(conversation):
     return messages
 
 
-# -----------------------------------------------------------------------------
-# conveniences
-
 def get_tokenizer():
     from nanochat.common import get_base_dir
     return RustBPETokenizer.from_directory(os.path.join(get_base_dir(), "tokenizer"))
@@ -376,17 +329,13 @@ def get_token_bytes(device="cpu"):
     path = os.path.join(get_base_dir(), "tokenizer", "token_bytes.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; it is written by tok_train: python -m scripts.tok_train")
-    with open(path, "rb") as f:
-        return torch.load(f, map_location=device)
+    return torch.load(path, map_location=device)
 
 
 def save_token_bytes(tokenizer, tokenizer_dir):
     import torch
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int32)
     path = os.path.join(tokenizer_dir, "token_bytes.pt")
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "wb") as f:
-        torch.save(token_bytes, f)
-    os.replace(tmp_path, path)
+    _write_atomically(path, lambda f: torch.save(token_bytes, f))
     return token_bytes, path
 

@@ -31,6 +31,7 @@ def test_special_tokens_get_the_last_ids(byte_tokenizer):
     assert tok.get_bos_token_id() == 256
     # special-token strings inside text are encoded as ordinary bytes, never as the special id
     assert 256 not in tok.encode("<|bos|>")
+    assert tok.id_to_token(ord("a")) == "a" and tok.id_to_token(256) == "<|bos|>"
 
 
 def test_unknown_special_token_is_a_clear_error(byte_tokenizer):
@@ -193,6 +194,8 @@ def test_hf_tokenizer_from_local_directory(tmp_path):
     trained.save(str(tmp_path))
     loaded = HuggingFaceTokenizer.from_pretrained(str(tmp_path))  # a folder, not a Hub id
     assert loaded.encode("hello world") == trained.encode("hello world")
+    assert HuggingFaceTokenizer.from_directory(str(tmp_path)).encode("hello") == trained.encode("hello")
+    assert loaded.id_to_token(loaded.encode_special("<|bos|>")) == "<|bos|>"
     assert loaded.get_bos_token_id() == loaded.encode_special("<|bos|>")
 
 
