@@ -5,9 +5,8 @@ Conversations -> token batches for the chat stages.
   cut into (B, T) windows like the pretraining loader; every token is trained on.
 - `PaddedConversations` (SFT): one conversation per row, padded; only assistant tokens are targets.
 
-Both walk a dataset rank-strided (rank, rank+world, ...), skip and count rows that fail to
-render (with a warning naming the row), and expose `state_dict()` / a `state=` argument so a
-resumed run continues from exactly the same position.
+Both walk a dataset rank-strided (rank, rank+world, ...), skip and count rows that fail to render
+(warning with the row), and resume exactly from their `state_dict()` passed back as `state=`.
 """
 
 import torch
@@ -43,13 +42,10 @@ class _RowWalker:
 
 
 class PackedConversations:
-    """
-    Midtraining batches. Iterating yields (inputs int32 (B,T), targets int64 (B,T)) from B*T+1
-    consecutive stream tokens; the last target of a batch is the first input of the next, so no
-    token is dropped. `last_step` turns True on the batch during which the cursor wraps past the
-    end of the dataset (`stop_at_epoch_end`) or on the `num_iterations`-th batch. `progress` is
-    in [0, 1] and never decreases.
-    """
+    """Midtraining batches: (inputs int32 (B,T), targets int64 (B,T)) from B*T+1 consecutive stream tokens; the
+    last target of a batch is the first input of the next, so no token is dropped. `last_step` turns True on
+    the batch during which the cursor wraps past the end of the dataset (`stop_at_epoch_end`) or on the
+    `num_iterations`-th batch. `progress` is in [0, 1] and never decreases."""
 
     def __init__(self, dataset, tokenizer, batch_size, seq_len, rank=0, world_size=1, device="cpu",
                  num_iterations=-1, stop_at_epoch_end=True, max_tokens=2048, state=None, name="mid data"):
@@ -87,13 +83,10 @@ class PackedConversations:
             if self.cursor >= size:
                 self.cursor -= size
                 self.epochs += 1
-                if self.stop_at_epoch_end:
-                    self.last_step = True
-            if rendered is None:
-                continue
-            # a resumed stream starts part-way into its first conversation
-            self.stream.push(rendered[0], (cursor, epochs), offset=self.head_offset)
-            self.head_offset = 0
+                self.last_step = self.last_step or self.stop_at_epoch_end
+            if rendered is not None:  # a resumed stream starts part-way into its first conversation
+                self.stream.push(rendered[0], (cursor, epochs), offset=self.head_offset)
+                self.head_offset = 0
 
     def __next__(self):
         self._fill(self.B * self.T + 1)
@@ -101,8 +94,7 @@ class PackedConversations:
         tokens.append(self.stream.peek())  # the last target is the next batch's first input
         self.iterations += 1
         if self.num_iterations > 0:
-            if self.iterations >= self.num_iterations:
-                self.last_step = True
+            self.last_step = self.last_step or self.iterations >= self.num_iterations
             progress = self.iterations / self.num_iterations
         else:
             progress = self.cursor / len(self.walker.dataset) + self.epochs
@@ -114,11 +106,8 @@ class PackedConversations:
 
 
 class PaddedConversations:
-    """
-    SFT batches, forever: `batch_size` conversations per batch from the rank-strided stream of
-    rows (a batch may span an epoch boundary). Rows are collated by `collate_padded`.
-    `consumed` counts the rows this rank has drawn; it is the whole resume state.
-    """
+    """SFT batches, forever: `batch_size` rank-strided rows each, collated by `collate_padded` (a batch may
+    span an epoch boundary). `consumed` counts the rows this rank has drawn; it is the whole resume state."""
 
     def __init__(self, dataset, tokenizer, batch_size, rank=0, world_size=1, device="cpu",
                  max_tokens=2048, state=None, name="sft data"):
@@ -157,11 +146,9 @@ class PaddedConversations:
 
 
 def collate_padded(batch, pad_id):
-    """
-    [(ids, mask), ...] -> (inputs, targets), both int64 (B, max_len-1). Inputs are ids[:-1]
-    padded with `pad_id`; targets are ids[1:] with -1 where mask[1:] == 0 and on padding, so only
-    the tokens a mask marks (the assistant's in SFT, the sampled ones in RL) are trained on.
-    """
+    """[(ids, mask), ...] -> (inputs, targets), both int64 (B, max_len-1): ids[:-1] padded with `pad_id`, and
+    ids[1:] with -1 where mask[1:] == 0 and on padding, so only the tokens a mask marks (the assistant's in
+    SFT, the sampled ones in RL) are trained on."""
     width = max((len(ids) for ids, _ in batch), default=0) - 1
     if width < 1:
         raise ValueError("every sequence in the batch is shorter than 2 tokens")
@@ -170,13 +157,12 @@ def collate_padded(batch, pad_id):
     for i, (ids, mask) in enumerate(batch):
         if len(ids) != len(mask):
             raise ValueError(f"sequence {i} has {len(ids)} tokens but {len(mask)} mask entries")
-        n = len(ids) - 1
         ids_t = torch.tensor(ids, dtype=torch.long)
         mask_t = torch.tensor(mask[1:], dtype=torch.long)
-        inputs[i, :n] = ids_t[:-1]
         row_targets = ids_t[1:].clone()
         row_targets[mask_t == 0] = -1
-        targets[i, :n] = row_targets
+        inputs[i, :len(ids) - 1] = ids_t[:-1]
+        targets[i, :len(ids) - 1] = row_targets
     return inputs, targets
 
 

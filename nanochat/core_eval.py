@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from nanochat.common import sum_across_ranks
+
 REQUIRED_FIELDS = {
     "multiple_choice": ("query", "choices", "gold"),
     "schema": ("context_options", "continuation", "gold"),
@@ -32,15 +34,14 @@ def check_item(item, task_type):
     missing = [k for k in REQUIRED_FIELDS[task_type] if k not in item]
     if missing:
         raise MalformedItem(f"missing field(s) {missing}")
-    options = item.get("choices") if task_type == "multiple_choice" else item.get("context_options")
     if task_type != "language_modeling":
+        options = item["choices"] if task_type == "multiple_choice" else item["context_options"]
         if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
             raise MalformedItem("needs a list of at least two string options")
         if not isinstance(item["gold"], int) or not 0 <= item["gold"] < len(options):
             raise MalformedItem(f"gold={item['gold']!r} is not an index into {len(options)} options")
-    text_fields = [f for f in REQUIRED_FIELDS[task_type] if f in ("query", "continuation", "context")]
-    for field in text_fields:
-        if not isinstance(item[field], str):
+    for field in REQUIRED_FIELDS[task_type]:
+        if field in ("query", "continuation", "context") and not isinstance(item[field], str):
             raise MalformedItem(f"field {field!r} must be a string")
 
 
@@ -97,11 +98,8 @@ def find_common_length(token_sequences, direction="left"):
 
 def stack_sequences(tokens, pad_token_id):
     """Right-pad a list of token lists into a (B, max_len) LongTensor."""
-    batch_size, seq_len = len(tokens), max(len(x) for x in tokens)
-    input_ids = torch.full((batch_size, seq_len), pad_token_id, dtype=torch.long)
-    for i, row in enumerate(tokens):
-        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return input_ids
+    rows = [torch.tensor(row, dtype=torch.long) for row in tokens]
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_token_id)
 
 
 def batch_sequences_mc(tokenizer, prompts):
@@ -126,58 +124,46 @@ def batch_sequences_lm(tokenizer, prompts):
     return [tokens_with], [start], [end]
 
 
+PROMPT_BUILDERS = {
+    "multiple_choice": (render_prompts_mc, batch_sequences_mc),
+    "schema": (render_prompts_schema, batch_sequences_schema),
+    "language_modeling": (render_prompts_lm, batch_sequences_lm),
+}
+
+
 # -----------------------------------------------------------------------------
 # Scoring
 
 @torch.no_grad()
 def forward_model(model, input_ids):
     """Per-position next-token losses (last column NaN) and greedy predictions, both (B, T)."""
-    batch_size, seq_len = input_ids.size()
     logits = model(input_ids)
     target_ids = torch.roll(input_ids, shifts=-1, dims=1)
-    losses = F.cross_entropy(logits.float().view(batch_size * seq_len, -1), target_ids.view(batch_size * seq_len),
-                             reduction="none").view(batch_size, seq_len)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), reduction="none").view_as(input_ids)
     losses[:, -1] = float("nan")
     return losses, logits.argmax(dim=-1)
 
 
 def _crop_to_context(tokens, start_idxs, end_idxs, max_seq_len):
     """Keep the last max_seq_len tokens of each row, shifting the spans to match."""
-    new_tokens, new_starts, new_ends = [], [], []
-    for row, start, end in zip(tokens, start_idxs, end_idxs):
-        if len(row) > max_seq_len:
-            crop = len(row) - max_seq_len
-            row, start, end = row[-max_seq_len:], max(0, start - crop), end - crop
-        new_tokens.append(row)
-        new_starts.append(start)
-        new_ends.append(end)
-    return new_tokens, new_starts, new_ends
+    crops = [max(0, len(row) - max_seq_len) for row in tokens]
+    return ([row[-max_seq_len:] for row in tokens],
+            [max(0, start - crop) for start, crop in zip(start_idxs, crops)],
+            [end - crop for end, crop in zip(end_idxs, crops)])
 
 
 @torch.no_grad()
 def evaluate_example(idx, model, tokenizer, data, device, task_meta):
     """Whether the model gets item `idx` right under this task's few-shot setup."""
     item = data[idx]
-    task_type, num_fewshot = task_meta["task_type"], task_meta["num_fewshot"]
-    delimiter = task_meta["continuation_delimiter"]
-
-    fewshot_examples = []
-    if num_fewshot > 0:
-        rng = random.Random(1234 + idx)
-        available = [i for i in range(len(data)) if i != idx]
-        fewshot_examples = [data[i] for i in rng.sample(available, min(num_fewshot, len(available)))]
-
-    if task_type == "multiple_choice":
-        prompts = render_prompts_mc(item, delimiter, fewshot_examples)
-        tokens, start_idxs, end_idxs = batch_sequences_mc(tokenizer, prompts)
-    elif task_type == "schema":
-        prompts = render_prompts_schema(item, delimiter, fewshot_examples)
-        tokens, start_idxs, end_idxs = batch_sequences_schema(tokenizer, prompts)
-    elif task_type == "language_modeling":
-        prompts = render_prompts_lm(item, delimiter, fewshot_examples)
-        tokens, start_idxs, end_idxs = batch_sequences_lm(tokenizer, prompts)
-    else:
+    task_type, delimiter = task_meta["task_type"], task_meta["continuation_delimiter"]
+    if task_type not in PROMPT_BUILDERS:
         raise ValueError(f"Unsupported task type: {task_type}")
+    rng = random.Random(1234 + idx)
+    available = [i for i in range(len(data)) if i != idx]
+    fewshot_examples = [data[i] for i in rng.sample(available, min(task_meta["num_fewshot"], len(available)))]
+    render_prompts, batch_sequences = PROMPT_BUILDERS[task_type]
+    tokens, start_idxs, end_idxs = batch_sequences(tokenizer, render_prompts(item, delimiter, fewshot_examples))
 
     # the HF wrapper declares its context; our GPT cannot encode positions past its rotary tables
     max_seq_len = getattr(model, "max_seq_len", None) or getattr(model, "rotary_seq_len", None)
@@ -197,33 +183,24 @@ def evaluate_example(idx, model, tokenizer, data, device, task_meta):
 
 
 def evaluate_task(model, tokenizer, data, device, task_meta, stats=None, max_examples=None):
-    """
-    Accuracy over `data` (its first `max_examples` items when given), examples strided over ranks
-    and summed across them. The few-shot examples come from the first max(max_examples,
-    num_fewshot + 1) items, so a crop below the task's shot count still gets every shot (the
-    original crashed there). An example that fails to render is counted in stats["malformed"] and
-    left out of the mean, not fatal.
-    """
+    """Accuracy over `data` (its first `max_examples` items when given), examples strided over ranks and summed
+    across them. Few-shot examples come from the first max(max_examples, num_fewshot + 1) items, so a crop below
+    the shot count still gets every shot (the original crashed there). An example that fails to render is
+    counted in stats["malformed"] and left out of the mean, not fatal."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     num_examples = len(data) if max_examples is None else min(len(data), max_examples)
     data = data[:max(num_examples, task_meta["num_fewshot"] + 1)]
-    counts = torch.zeros(3, dtype=torch.float64)  # correct, evaluated, malformed
+    correct = evaluated = malformed = 0
     for idx in range(rank, num_examples, world_size):
         try:
-            correct = evaluate_example(idx, model, tokenizer, data, device, task_meta)
+            correct += evaluate_example(idx, model, tokenizer, data, device, task_meta)
+            evaluated += 1
         except (MalformedItem, KeyError, TypeError, IndexError, AttributeError) as e:
-            counts[2] += 1
+            malformed += 1
             if stats is not None:
                 stats.setdefault("errors", []).append(f"item {idx}: {e}")
-            continue
-        counts[0] += float(correct)
-        counts[1] += 1
-    if world_size > 1:
-        counts = counts.to(device)
-        dist.barrier()
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-        counts = counts.cpu()
+    correct, evaluated, malformed = sum_across_ranks([correct, evaluated, malformed], device)
     if stats is not None:
-        stats["evaluated"], stats["malformed"] = int(counts[1]), int(counts[2])
-    return (counts[0] / counts[1]).item() if counts[1] > 0 else 0.0
+        stats["evaluated"], stats["malformed"] = evaluated, malformed
+    return correct / evaluated if evaluated > 0 else 0.0

@@ -1,25 +1,19 @@
 """
-Streaming tokenizing loader for pretraining.
-
-Reads the parquet shards of a split, gives each rank its share of the row groups, tokenizes each
-document with BOS prepended and packs the tokens back-to-back into (B, T) batches.
+Streaming tokenizing loader for pretraining: each rank reads its share of a split's row groups,
+tokenizes each document with BOS prepended and packs the tokens back-to-back into (B, T) batches.
 
 Beyond the reference design:
 - when the split runs out it starts over at shard 0 (next epoch) instead of hanging;
-- no token is dropped: a batch needs B*T+1 tokens (inputs + shifted targets) and the last of them
-  is carried over as the first input of the next batch, so consecutive batches tile one stream;
-- the state_dict is an exact resume point. It records where the carried token comes from
-  (epoch, shard, row group, document, token within the document). Tokenizing a document is
-  deterministic, so resuming re-reads from that document and reproduces the identical stream;
-- row groups are numbered consecutively across the split's shards and rank r reads numbers
-  r, r+W, r+2W, ... The reference strides within each shard instead, which starves the higher ranks
-  when shards hold few row groups (a small packed corpus has 1-2 per shard). With many row groups
-  per shard, as in the reference shards, both give every rank an equal share;
-- a split with fewer row groups than ranks (a small corpus, typically its one-row-group val shard) is
-  shared: every rank reads every row group and keeps its documents rank, rank+W, rank+2W, ... of it.
+- no token is dropped: a batch needs B*T+1 tokens and the last one is carried over as the first
+  input of the next batch, so consecutive batches tile one stream;
+- the state_dict is an exact resume point: where the carried token comes from (epoch, shard, row
+  group, document, token). Tokenizing is deterministic, so resuming reproduces the identical stream;
+- row groups are numbered consecutively across shards and rank r reads numbers r, r+W, r+2W, ...
+  The reference strides within each shard, which starves the higher ranks when shards hold few row
+  groups (a small packed corpus has 1-2 per shard);
+- a split with fewer row groups than ranks (typically a small corpus's val shard) is shared: every
+  rank reads every row group and keeps its documents rank, rank+W, rank+2W, ... of it.
 """
-
-from dataclasses import dataclass
 
 import torch
 
@@ -28,31 +22,17 @@ from nanochat.dataset import open_shard, read_row_group, split_files
 from nanochat.token_stream import TokenStream
 
 
-@dataclass
-class _RowGroup:
-    """The row group being tokenized."""
-    epoch: int
-    pq_idx: int
-    rg_idx: int
-    docs: list
-    next_doc: int  # index of the next document to tokenize
-
-
-def _fewer_row_groups_than(files, world_size):
-    """Whether the split holds fewer row groups (but at least one) than ranks. Stops counting at
-    world_size, so a large corpus opens only its first shard(s)."""
+def _document_stride(files, rank, world_size):
+    """(first, step): the documents of each row group this rank keeps. All of them (0, 1) when the ranks
+    stride over row groups; every world_size-th one from its rank when they share row groups, because the
+    split holds fewer row groups (but at least one) than ranks. Counting stops at world_size, so a large
+    corpus opens only its first shard(s)."""
     total = 0
     for f in files:
         total += open_shard(f).num_row_groups
         if total >= world_size:
-            return False
-    return total > 0
-
-
-def _document_stride(files, rank, world_size):
-    """(first, step): the documents of each row group this rank keeps. All of them (0, 1) when the
-    ranks stride over row groups; every world_size-th one from its rank when they share row groups."""
-    return (rank, world_size) if _fewer_row_groups_than(files, world_size) else (0, 1)
+            return 0, 1
+    return (rank, world_size) if total > 0 else (0, 1)
 
 
 def _check_every_rank_gets_a_document(files, world_size):
@@ -63,18 +43,13 @@ def _check_every_rank_gets_a_document(files, world_size):
         raise RuntimeError(
             f"rank {max(sizes)} of {world_size} would get no document: the split's {len(sizes)} row group(s) in "
             f"{len(files)} shard(s) are fewer than the ranks, so the ranks split each row group by document, but "
-            f"the largest one holds only {max(sizes)} documents. Use more data or fewer ranks "
-            f"(at most {max(sizes)}).")
+            f"the largest one holds only {max(sizes)} documents. Use more data or fewer ranks (at most {max(sizes)}).")
 
 
 def iterate_row_groups(files, rank, world_size, start=(0, 0, 0)):
-    """
-    Yield (epoch, pq_idx, rg_idx, docs) forever: this rank's row groups, shard after shard, epoch after
-    epoch. `start` = (epoch, pq_idx, min_rg): begin at this rank's first row group at or after row
-    group min_rg of shard pq_idx (the default is the very beginning). When the split has fewer row
-    groups than ranks, every rank reads every row group and `docs` is its share of the documents
-    (see _document_stride); a row group with none for this rank is skipped.
-    """
+    """Yield (epoch, pq_idx, rg_idx, docs) forever: this rank's row groups, shard after shard, epoch after epoch,
+    from its first row group at or after row group min_rg of shard pq_idx (`start` = (epoch, pq_idx, min_rg)).
+    Shared row groups (see _document_stride) yield this rank's share of the documents, skipped when empty."""
     first_doc, doc_step = _document_stride(files, rank, world_size)
     shared = doc_step > 1
     if shared:
@@ -85,13 +60,10 @@ def iterate_row_groups(files, rank, world_size, start=(0, 0, 0)):
     yielded_this_epoch = (pq_idx, min_rg) != (0, 0)  # a resumed epoch is not checked for emptiness
     while True:
         while pq_idx < len(files):
-            path = files[pq_idx]
-            pf = open_shard(path)
+            pf = open_shard(files[pq_idx])
             rg_idx = min_rg + (rank - offset - min_rg) % world_size  # first index >= min_rg that is ours
             while rg_idx < pf.num_row_groups:
-                docs = read_row_group(pf, rg_idx, path)
-                if shared:
-                    docs = docs[first_doc::doc_step]
+                docs = read_row_group(pf, rg_idx, files[pq_idx])[first_doc::doc_step]
                 if docs or not shared:
                     yield epoch, pq_idx, rg_idx, docs
                     yielded_this_epoch = True
@@ -105,12 +77,9 @@ def iterate_row_groups(files, rank, world_size, start=(0, 0, 0)):
 
 
 def _start_position(state, rank, world_size, files):
-    """
-    (epoch, pq_idx, min_rg, doc_idx, token_idx) to start from. A state saved by this rank with this
-    world size resumes exactly; any other state (e.g. the reference's {"pq_idx", "rg_idx"}, or the
-    state of another rank) resumes approximately: skip one full stride past the saved row group, so
-    that no row group is read twice.
-    """
+    """(epoch, pq_idx, min_rg, doc_idx, token_idx) to start from. A state saved by this rank with this world
+    size resumes exactly; any other (e.g. the reference's {"pq_idx", "rg_idx"}, or another rank's) resumes
+    one full stride past the saved row group, so that no row group is read twice."""
     if state is None:
         return 0, 0, 0, 0, 0
     if state.get("rank") == rank and state.get("world_size") == world_size and "doc_idx" in state:
@@ -120,18 +89,17 @@ def _start_position(state, rank, world_size, files):
         return epoch + 1, 0, 0, 0, 0
     offset = sum(open_shard(f).num_row_groups for f in files[:pq_idx])
     saved = offset + state["rg_idx"]
-    stride = 1 if _fewer_row_groups_than(files, world_size) else world_size  # shared: every rank reads every one
+    shared = _document_stride(files, rank, world_size)[1] > 1
+    stride = 1 if shared else world_size  # shared: every rank reads every row group
     return epoch, pq_idx, (saved // stride + 1) * stride - offset, 0, 0
 
 
 def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads=4, tokenizer_batch_size=128,
                                                   device="cuda", resume_state_dict=None, tokenizer=None,
                                                   rank=None, world_size=None, data_dir=None):
-    """
-    Infinite iterator of (inputs, targets, state_dict): int64 (B, T) tensors on `device` and a small
-    JSON-serializable dict; passing that dict back as `resume_state_dict` continues with exactly the
-    batch that would have come next. `rank`/`world_size` default to the torchrun environment.
-    """
+    """Infinite iterator of (inputs, targets, state_dict): int64 (B, T) tensors on `device` and a JSON-able dict;
+    passing that dict back as `resume_state_dict` continues with exactly the batch that would have come next.
+    `rank`/`world_size` default to the torchrun environment."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if B <= 0 or T <= 0:
@@ -148,36 +116,31 @@ def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads
     bos = tokenizer.get_bos_token_id()
     files = split_files(split, data_dir)
     epoch, pq_idx, min_rg, doc_idx, token_idx = _start_position(resume_state_dict, rank, world_size, files)
-    row_groups = iterate_row_groups(files, rank, world_size, start=(epoch, pq_idx, min_rg))
     # the state's doc_idx counts within the whole row group; a shared row group's docs are only ours
     first_doc, doc_step = _document_stride(files, rank, world_size)
 
-    stream = TokenStream()  # tokenized documents; each origin is (epoch, pq_idx, rg_idx, doc_idx)
-
-    def tokenize_more():
-        """Tokenize the next document batch (<= tokenizer_batch_size docs) into the stream."""
-        nonlocal current, skip_docs, skip_tokens
-        if current is None or current.next_doc >= len(current.docs):
-            current = _RowGroup(*next(row_groups), next_doc=skip_docs)
+    def document_batches():
+        """(origins, docs): up to tokenizer_batch_size documents of one row group, from the resume point on."""
+        skip_docs = max(0, -((first_doc - doc_idx) // doc_step))  # our documents before the first one >= doc_idx
+        for *row_group, docs in iterate_row_groups(files, rank, world_size, start=(epoch, pq_idx, min_rg)):
+            for start in range(skip_docs, len(docs), tokenizer_batch_size):
+                chunk = docs[start:start + tokenizer_batch_size]
+                yield [(*row_group, first_doc + i * doc_step) for i in range(start, start + len(chunk))], chunk
             skip_docs = 0
-        first = current.next_doc
-        chunk = current.docs[first:first + tokenizer_batch_size]
-        current.next_doc = first + len(chunk)
-        for i, ids in enumerate(tokenizer.encode(chunk, prepend=bos, num_threads=tokenizer_threads)):
-            origin = (current.epoch, current.pq_idx, current.rg_idx, first_doc + (first + i) * doc_step)
-            stream.push(ids, origin, offset=skip_tokens)  # only the resumed document starts mid-way
-            skip_tokens = 0
 
-    # skip_docs/skip_tokens position the first row group/document of a resumed stream: skip_docs counts
-    # our documents before the first one at or after doc_idx
-    current, skip_docs, skip_tokens = None, max(0, -((first_doc - doc_idx) // doc_step)), token_idx
+    batches = document_batches()
+    stream = TokenStream()  # tokenized documents; each origin is (epoch, pq_idx, rg_idx, doc_idx)
+    skip_tokens = token_idx  # the resumed document starts part-way in
     use_cuda = torch.device(device).type == "cuda"
     needed = B * T + 1
     # CUDA: one pinned staging buffer, refilled once the copy out of it is done (`copied`)
     scratch, copied = (torch.empty(needed, dtype=torch.long, pin_memory=True), None) if use_cuda else (None, None)
     while True:
         while stream.available < needed:
-            tokenize_more()
+            origins, docs = next(batches)
+            for origin, ids in zip(origins, tokenizer.encode(docs, prepend=bos, num_threads=tokenizer_threads)):
+                stream.push(ids, origin, offset=skip_tokens)
+                skip_tokens = 0
         tokens = stream.take(B * T)
         tokens.append(stream.peek())  # the carried token: next batch's first input
         e, p, r, d = stream.head.origin
@@ -189,10 +152,9 @@ def tokenizing_distributed_data_loader_with_state(B, T, split, tokenizer_threads
             scratch.numpy()[:] = tokens
         else:  # elsewhere the returned tensors can be this host tensor: a fresh one, or we'd overwrite them
             scratch = torch.tensor(tokens, dtype=torch.long)
-        inputs, targets = scratch[:-1].view(B, T), scratch[1:].view(B, T)
         # any device (CUDA, MPS, ...); pinned memory makes the copy asynchronous on CUDA only
-        inputs = inputs.to(device=device, non_blocking=use_cuda)
-        targets = targets.to(device=device, non_blocking=use_cuda)
+        inputs = scratch[:-1].view(B, T).to(device=device, non_blocking=use_cuda)
+        targets = scratch[1:].view(B, T).to(device=device, non_blocking=use_cuda)
         if use_cuda:
             copied = torch.cuda.Event()
             copied.record(torch.cuda.current_stream(inputs.device))

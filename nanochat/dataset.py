@@ -1,10 +1,10 @@
 """
 Pretraining shards: name, download, verify and iterate them.
 
-Online, shards of FineWeb-Edu-100B (reshuffled) are downloaded from BASE_URL into
-<base>/base_data. Offline, a local corpus of JSONL documents is packed into shards of exactly the
-same format with `--from-jsonl`, or the corpus of a data pack ($NANOCHAT_DATA_PACK) is packed
-automatically (nanochat/pack_corpus.py). In every case the last shard (sorted by name) is the validation split.
+Online, shards of FineWeb-Edu-100B (reshuffled) are downloaded from BASE_URL into <base>/base_data.
+Offline, a local corpus of JSONL documents is packed into shards of the same format with `--from-jsonl`,
+or a data pack's corpus ($NANOCHAT_DATA_PACK) is packed automatically (nanochat/pack_corpus.py).
+In every case the last shard (sorted by name) is the validation split.
 
     python -m nanochat.dataset -n 8                  # download shards 0..7 (or pack the data pack)
     python -m nanochat.dataset --from-jsonl a.jsonl.gz b.jsonl.gz
@@ -49,6 +49,10 @@ def get_base_url():
     return os.environ.get("NANOCHAT_SHARD_BASE_URL") or BASE_URL
 
 
+def _shard_count(num_files):  # -n: -1 = all
+    return MAX_SHARD + 1 if num_files == -1 else min(num_files, MAX_SHARD + 1)
+
+
 # -----------------------------------------------------------------------------
 # Reading
 
@@ -73,8 +77,8 @@ def split_files(split, data_dir=None):
 
 
 def open_shard(path):
-    """Open a shard as a pyarrow ParquetFile, checking that it is readable and has a string `text` column
-    (other columns, such as `id`, `url` or `score` in public corpora, are ignored like in the original)."""
+    """A shard as a pyarrow ParquetFile, checked to be readable with one string `text` column (other columns,
+    such as `id` or `url` in public corpora, are ignored like in the original)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     try:
@@ -112,11 +116,8 @@ def parquets_iter_batched(split, start=0, step=1, data_dir=None):
 # Downloading (with optional sha256 verification)
 
 def sha256_of(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_sha256_manifest(path=None):
@@ -140,11 +141,8 @@ def load_sha256_manifest(path=None):
 
 
 def download_single_file(index, base_url=None, data_dir=None, sha256=None, max_attempts=5, backoff_base=2.0):
-    """
-    Fetch shard `index` unless it is already present (and matches `sha256`, if given). Returns
-    True on success, False after the retries are spent. The bytes arrive in `<file>.tmp` and are
-    checked before the rename, so a partial or corrupt `.parquet` is never visible.
-    """
+    """Fetch shard `index` unless present (and matching `sha256`, if given); False once the retries are spent.
+    The bytes arrive in `<file>.tmp` and are checked before the rename: a partial `.parquet` is never visible."""
     from filelock import FileLock
     data_dir = data_dir or get_data_dir()
     filename = index_to_filename(index)
@@ -182,7 +180,7 @@ def download_shards(num_files=-1, num_workers=4, base_url=None, data_dir=None, s
     from tqdm import tqdm
     data_dir = data_dir or get_data_dir()
     base_url = base_url or get_base_url()
-    n = MAX_SHARD + 1 if num_files == -1 else min(num_files, MAX_SHARD + 1)
+    n = _shard_count(num_files)
     digests = load_sha256_manifest(sha256_manifest)
     missing = [i for i in range(n) if not os.path.exists(os.path.join(data_dir, index_to_filename(i)))]
     if missing and not host_reachable(base_url):
@@ -191,8 +189,7 @@ def download_shards(num_files=-1, num_workers=4, base_url=None, data_dir=None, s
     jobs = [(i, digests.get(index_to_filename(i))) for i in range(n)]
     fetch = functools.partial(_download_job, base_url=base_url, data_dir=data_dir)
     with Pool(processes=max(1, num_workers)) as pool:
-        results = list(tqdm(pool.imap_unordered(fetch, jobs), total=n, desc="shards", unit="shard"))
-    ok = sum(results)
+        ok = sum(tqdm(pool.imap_unordered(fetch, jobs), total=n, desc="shards", unit="shard"))
     print(f"Done! downloaded {ok}/{n} shards to {data_dir}")
     return ok
 
@@ -234,9 +231,8 @@ def main(argv=None):
         if args.base_url is None and get_data_pack_dir() is not None and \
                 pack_data_pack_corpus(data_dir, args.shard_chars, args.force):
             return 0
-        n = MAX_SHARD + 1 if args.num_files == -1 else min(args.num_files, MAX_SHARD + 1)
         ok = download_shards(args.num_files, args.num_workers, args.base_url, data_dir, args.sha256_manifest)
-        if ok < n:
+        if ok < _shard_count(args.num_files):
             print(offline_hint(data_dir, args.base_url or get_base_url()), file=sys.stderr)
             return 1
         return 0

@@ -1,6 +1,4 @@
-"""
-Bits per byte: a validation loss that does not depend on the tokenizer's vocabulary size.
-"""
+"""Bits per byte: a validation loss that does not depend on the tokenizer's vocabulary size."""
 
 import math
 
@@ -10,11 +8,8 @@ import torch.distributed as dist
 
 @torch.no_grad()
 def evaluate_bpb(model, batches, steps, token_bytes):
-    """
-    Sum the per-token losses (nats) and the byte lengths of the target tokens over `steps`
-    batches, across ranks, and return nats / (ln 2 * bytes). Targets with 0 bytes (special tokens)
-    and ignored targets (< 0) count for neither; no bytes at all gives inf.
-    """
+    """nats / (ln 2 * bytes): per-token losses and target byte lengths summed over `steps` batches and the ranks.
+    Targets with 0 bytes (special tokens) and ignored ones (< 0) count for neither; no bytes at all gives inf."""
     device = token_bytes.device
     total_nats = torch.tensor(0.0, dtype=torch.float32, device=device)
     total_bytes = torch.tensor(0, dtype=torch.int64, device=device)
@@ -31,6 +26,4 @@ def evaluate_bpb(model, batches, steps, token_bytes):
         dist.all_reduce(total_nats, op=dist.ReduceOp.SUM)
         dist.all_reduce(total_bytes, op=dist.ReduceOp.SUM)
     total_nats, total_bytes = total_nats.item(), total_bytes.item()
-    if total_bytes == 0:
-        return float("inf")
-    return total_nats / (math.log(2) * total_bytes)
+    return total_nats / (math.log(2) * total_bytes) if total_bytes > 0 else float("inf")

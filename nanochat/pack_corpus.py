@@ -6,6 +6,7 @@ automatically) lands here: all files but the last become training shards, the la
 validation shard. A manifest of the inputs and settings next to the shards makes a re-run a no-op.
 """
 
+import glob
 import gzip
 import io
 import json
@@ -22,7 +23,6 @@ PARQUET_WRITE_OPTIONS = dict(use_dictionary=False, compression="zstd", compressi
 
 class PackMismatch(ShardError):
     """base_data already holds shards packed from other inputs or settings."""
-
 
 
 def iter_jsonl_docs(path):
@@ -57,6 +57,9 @@ class ShardWriter:
         self.split_by_size = True  # turned off for the validation shard, which holds one whole file
         self.written = []  # [{"name", "docs", "chars", "bytes", "sha256"}]
 
+    def _path(self):
+        return os.path.join(self.data_dir, dataset.index_to_filename(self.index))
+
     def add(self, text):
         self.rows.append(text)
         if len(self.rows) == dataset.ROW_GROUP_SIZE:
@@ -71,8 +74,7 @@ class ShardWriter:
             return
         table = pa.table({"text": pa.array(self.rows, type=pa.string())})
         if self.writer is None:
-            self.tmp_path = os.path.join(self.data_dir, dataset.index_to_filename(self.index) + ".tmp")
-            self.writer = pq.ParquetWriter(self.tmp_path, table.schema, **PARQUET_WRITE_OPTIONS)
+            self.writer = pq.ParquetWriter(self._path() + ".tmp", table.schema, **PARQUET_WRITE_OPTIONS)
         self.writer.write_table(table, row_group_size=dataset.ROW_GROUP_SIZE)
         self.shard_docs += len(self.rows)
         self.shard_chars_now += sum(len(t) for t in self.rows)
@@ -84,8 +86,8 @@ class ShardWriter:
         if self.writer is None:
             return
         self.writer.close()
-        path = os.path.join(self.data_dir, dataset.index_to_filename(self.index))
-        os.replace(self.tmp_path, path)
+        path = self._path()
+        os.replace(path + ".tmp", path)
         self.written.append(dict(name=os.path.basename(path), docs=self.shard_docs, chars=self.shard_chars_now,
                                  bytes=os.path.getsize(path), sha256=dataset.sha256_of(path)))
         self.writer, self.shard_docs, self.shard_chars_now = None, 0, 0
@@ -119,9 +121,8 @@ def _check_existing(data_dir, settings, force):
         if same and _manifest_is_intact(old, data_dir):
             return old
         if not same and not force:
-            raise PackMismatch(f"{data_dir} holds shards packed from different inputs or settings "
-                               f"(see {manifest_path}). "
-                             "Pass --force to replace them, or use another NANOCHAT_BASE_DIR.")
+            raise PackMismatch(f"{data_dir} holds shards packed from different inputs or settings (see "
+                               f"{manifest_path}). Pass --force to replace them, or use another NANOCHAT_BASE_DIR.")
         if same:
             print(f"shards in {data_dir} no longer match {manifest_path} (missing or changed); packing them again")
     elif existing and not force:
@@ -131,12 +132,9 @@ def _check_existing(data_dir, settings, force):
 
 
 def pack_jsonl(paths, data_dir=None, shard_chars=DEFAULT_SHARD_CHARS, force=False):
-    """
-    Pack the documents of `paths` into shards: all but the last file become train shards, the last
-    file becomes the (single) validation shard. Idempotent: a manifest of the inputs and settings is
-    stored next to the shards and a re-run with the same inputs does nothing. Shards are built in a
-    staging folder and replace the old ones only once every input has been read without error.
-    """
+    """Pack the documents of `paths` into shards: all but the last file become train shards, the last one the
+    (single) validation shard. Idempotent: a re-run with the inputs and settings of the manifest does nothing.
+    Shards are built in a staging folder and replace the old ones only once every input has been read."""
     import shutil
     from tqdm import tqdm
     data_dir = data_dir or dataset.get_data_dir()
@@ -156,56 +154,46 @@ def pack_jsonl(paths, data_dir=None, shard_chars=DEFAULT_SHARD_CHARS, force=Fals
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted pack
     os.makedirs(staging)
     writer = ShardWriter(staging, shard_chars)
-    bar = tqdm(total=sum(i["bytes"] for i in settings["inputs"]), unit="B", unit_scale=True, desc="packing")
     try:
-        for file_idx, path in enumerate(paths):
-            if file_idx == len(paths) - 1:
-                writer.close_shard()  # the last file starts (and fills) the validation shard
-                writer.split_by_size = False
-            docs, done = 0, 0
-            for text, pos in iter_jsonl_docs(path):
-                writer.add(text)
-                docs += 1
-                bar.update(pos - done)
-                done = pos
-            if docs == 0:
-                raise ShardError(f"corpus file {path} holds no documents")
-        writer.close_shard()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with tqdm(total=sum(i["bytes"] for i in settings["inputs"]), unit="B", unit_scale=True, desc="packing") as bar:
+            for file_idx, path in enumerate(paths):
+                if file_idx == len(paths) - 1:
+                    writer.close_shard()  # the last file starts (and fills) the validation shard
+                    writer.split_by_size = False
+                read_to = 0  # compressed bytes read up to the last document
+                for text, pos in iter_jsonl_docs(path):
+                    writer.add(text)
+                    bar.update(pos - read_to)
+                    read_to = pos
+                if read_to == 0:
+                    raise ShardError(f"corpus file {path} holds no documents")
+            writer.close_shard()
+        # every input was good: swap the new shards in. The manifest goes first, so a crash during the
+        # swap leaves a manifest that no longer matches the folder, and the next run packs again.
+        manifest = dict(settings, shards=writer.written)
+        manifest_path = os.path.join(data_dir, PACK_MANIFEST)
+        with open(manifest_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2)
+        os.replace(manifest_path + ".tmp", manifest_path)
+        for old in dataset.list_parquet_files(data_dir):
+            os.remove(old)
+        for shard in writer.written:
+            os.replace(os.path.join(staging, shard["name"]), os.path.join(data_dir, shard["name"]))
     finally:
-        bar.close()
-    # every input was good: swap the new shards in. The manifest goes first, so a crash during the
-    # swap leaves a manifest that no longer matches the folder, and the next run packs again.
-    manifest = dict(settings, shards=writer.written)
-    _write_json(os.path.join(data_dir, PACK_MANIFEST), manifest)
-    for old in dataset.list_parquet_files(data_dir):
-        os.remove(old)
-    for shard in writer.written:
-        os.replace(os.path.join(staging, shard["name"]), os.path.join(data_dir, shard["name"]))
-    shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     total_docs = sum(s["docs"] for s in writer.written)
     print(f"Packed {total_docs} documents into {len(writer.written)} shards in {data_dir} "
           f"(last = validation: {writer.written[-1]['name']})")
     return manifest
 
 
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def data_pack_corpus_files():
     """The corpus files of $NANOCHAT_DATA_PACK (corpus/part_*.jsonl[.gz]), or [] without a pack."""
     pack = get_data_pack_dir()
-    corpus = os.path.join(pack, "corpus") if pack else None
-    if not corpus or not os.path.isdir(corpus):
+    if not pack:
         return []
-    return sorted(os.path.join(corpus, f) for f in os.listdir(corpus)
-                  if f.startswith("part_") and (f.endswith(".jsonl") or f.endswith(".jsonl.gz")))
+    pattern = os.path.join(glob.escape(os.path.join(pack, "corpus")), "part_*")
+    return sorted(glob.glob(pattern + ".jsonl") + glob.glob(pattern + ".jsonl.gz"))
 
 
 def pack_data_pack_corpus(data_dir, shard_chars=DEFAULT_SHARD_CHARS, force=False):
@@ -221,7 +209,6 @@ def pack_data_pack_corpus(data_dir, shard_chars=DEFAULT_SHARD_CHARS, force=False
     try:
         pack_jsonl(files, data_dir, shard_chars, force)
     except PackMismatch:
-        print(f"{data_dir} already holds shards packed from other inputs; keeping them. To replace them with "
-              "the data pack's corpus: "
-              f"python -m nanochat.dataset --from-jsonl {os.path.dirname(files[0])}/part_* --force")
+        print(f"{data_dir} already holds shards packed from other inputs; keeping them. To replace them with the "
+              f"data pack's corpus: python -m nanochat.dataset --from-jsonl {os.path.dirname(files[0])}/part_* --force")
     return True

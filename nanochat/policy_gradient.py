@@ -1,11 +1,8 @@
 """
-On-policy REINFORCE for chat RL (a simplified GRPO): sample completions for a prompt, score
-them, and push up the log-probability of better-than-average samples.
-
-- `sample_rollouts`: one group of completions for one prompt, padded into training tensors
-  (by chat_data's `collate_padded`, as SFT's rows).
-- `group_advantages`: reward minus the group mean (no std normalisation, no KL, no clipping).
-- `policy_gradient_loss`: token-level normalised objective; its gradient accumulates over passes.
+On-policy REINFORCE for chat RL (a simplified GRPO): sample a group of completions for a prompt
+(`sample_rollouts`, padded by chat_data's `collate_padded` like SFT's rows), score them, and push up the
+log-probability of better-than-average samples: `group_advantages` is the reward minus the group mean
+(no std normalisation, no KL, no clipping) and `policy_gradient_loss` a token-level normalised objective.
 """
 
 import torch
@@ -24,12 +21,9 @@ def group_advantages(rewards):
 @torch.no_grad()
 def sample_rollouts(engine, tokenizer, prompt_ids, reward_fn, num_samples, device_batch_size,
                     max_new_tokens, temperature=1.0, top_k=None, seed_key=(0, 0)):
-    """
-    Sample `num_samples` completions of `prompt_ids` in batches of `device_batch_size`, score each
-    with `reward_fn(completion_text)`, and return a dict with the padded `inputs`/`targets`, the
-    `rewards`, their `advantages` and the raw `sequences`. Seeds derive from `seed_key`
-    (e.g. (step, example_idx)) so a run is reproducible.
-    """
+    """Sample `num_samples` completions of `prompt_ids` in batches of `device_batch_size`, score each with
+    `reward_fn(completion_text)`; returns the padded `inputs`/`targets`, the `rewards`, their `advantages`
+    and the raw `sequences`. Seeds derive from `seed_key` (e.g. (step, example_idx)) for reproducibility."""
     if num_samples % device_batch_size != 0:
         raise ValueError(f"num_samples={num_samples} must be a multiple of device_batch_size={device_batch_size}")
     was_training = engine.model.training
@@ -43,8 +37,7 @@ def sample_rollouts(engine, tokenizer, prompt_ids, reward_fn, num_samples, devic
         sequences.extend(batch)
         masks.extend(batch_masks)
     engine.model.train(was_training)
-    prefix = len(prompt_ids)
-    rewards = torch.tensor([float(reward_fn(tokenizer.decode(seq[prefix:]))) for seq in sequences])
+    rewards = torch.tensor([float(reward_fn(tokenizer.decode(seq[len(prompt_ids):]))) for seq in sequences])
     # the masks are 1 on sampled tokens: the prompt, calculator output and padding are not trained on
     pad_id = tokenizer.encode_special(ASSISTANT_END)
     inputs, targets = collate_padded(list(zip(sequences, masks, strict=True)), pad_id)
@@ -53,12 +46,8 @@ def sample_rollouts(engine, tokenizer, prompt_ids, reward_fn, num_samples, devic
 
 
 def policy_gradient_loss(model, inputs, targets, advantages, normalizer=1):
-    """
-    -sum(logp(sampled token) * advantage of its row) / (num_valid_tokens * normalizer).
-    `normalizer` = passes per example * examples per rank, so accumulated gradients average
-    over them. Ignored targets (-1) contribute 0.
-    """
+    """-sum(logp(sampled token) * advantage of its row) / (num_valid_tokens * normalizer); ignored targets (-1)
+    contribute 0. `normalizer` = passes per example * examples per rank, so accumulated gradients average them."""
     logp = -model(inputs, targets, loss_reduction="none").view_as(inputs)
     num_valid = (targets >= 0).sum().clamp(min=1)
-    pg = (logp * advantages.to(logp.device)[:, None]).sum() / (num_valid * normalizer)
-    return -pg
+    return -(logp * advantages.to(logp.device)[:, None]).sum() / (num_valid * normalizer)
