@@ -1,15 +1,12 @@
 """
-The calculator tool the model calls between <|python_start|> and <|python_end|>.
-
-It accepts exactly two kinds of expression:
+The calculator tool the model calls between <|python_start|> and <|python_end|>. It accepts
 - pure arithmetic: numbers, + - * / //, unary signs and parentheses (no exponentiation);
 - counting in a string literal: 'strawberry'.count('r') (optionally after .lower()/.upper()).
 
-Nothing is handed to Python's eval. The expression is parsed with `ast` and a small interpreter
-walks an allow-list of node types, so attribute access, names, imports and calls other than the
-ones above are simply not expressible. Every quantity is bounded (expression length, nesting
-depth, number size, string length) and the walk checks a deadline, so evaluation finishes in
-microseconds-to-milliseconds whatever the input, from any thread (no signals involved).
+Nothing is handed to Python's eval: a small interpreter walks an allow-list of `ast` node types,
+so names, imports and other attributes or calls are not expressible. Every quantity is bounded
+(expression length, nesting depth, number size, string length) and the walk checks a deadline,
+so evaluation finishes quickly whatever the input, from any thread (no signals involved).
 """
 
 import ast
@@ -47,8 +44,6 @@ class _Evaluator:
             raise CalculatorError("expression nested too deeply")
         if time.monotonic() > self.deadline:
             raise CalculatorError("time limit exceeded")
-        if isinstance(node, ast.Expression):
-            return self.eval(node.body, depth + 1)
         if isinstance(node, ast.Constant):
             return _check_value(node.value)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
@@ -114,7 +109,7 @@ def safe_eval(expression, max_time=3.0):
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise CalculatorError(f"cannot parse: {e}") from None
     try:
-        return _Evaluator(deadline).eval(tree)
+        return _Evaluator(deadline).eval(tree.body, depth=1)  # depth 0 is the ast.Expression wrapper
     except (ArithmeticError, RecursionError, MemoryError, TypeError) as e:
         raise CalculatorError(str(e)) from None
 

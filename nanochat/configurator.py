@@ -1,18 +1,17 @@
 """
-`--key=value` overrides for the training scripts ("poor man's configurator"), as a typed helper.
+`--key=value` overrides for the training scripts ("poor man's configurator"), as a typed helper:
 
     cfg = configure(dict(depth=20, run="dummy", model_tag=None))   # reads sys.argv[1:]
     cfg.depth, cfg.user_config()
 
 Rules (kept from the original so existing command lines work):
-- an argument without `=` is a Python config file, executed with the calling script's globals
-  (its imports and helpers) and the current settings in scope; the settings it assigns override
-  keys, so `total_batch_size = device_batch_size * 2 * 1024` works. Modules, functions, classes
-  and `_private` names it defines are helpers; any other new name is an unknown setting;
-- otherwise it must look like `--key=value`; the key must exist; the value is parsed with
-  `ast.literal_eval`, falling back to the raw string;
-- when the default is not None the parsed type must match it exactly (`--lr=1` for a float
-  default is refused: write `--lr=1.0`); keys defaulting to None accept anything.
+- an argument without `=` is a Python config file, run with the calling script's globals and the
+  current settings in scope; what it assigns overrides keys (`total_batch_size = device_batch_size
+  * 2 * 1024` works). Modules, functions, classes and `_private` names are helpers; any other new
+  name is an unknown setting;
+- otherwise it must be `--key=value` with an existing key; the value is `ast.literal_eval`ed,
+  falling back to the raw string, and must have the default's exact type unless the default is
+  None (`--lr=1` for a float default is refused: write `--lr=1.0`).
 Unlike the original, values may contain `=`, and a lone `--` (left by some launchers) is ignored.
 """
 
@@ -63,13 +62,10 @@ def _parse_value(raw):
 def _check_type(key, default, value):
     if default is None or type(value) is type(default):
         return
-    hint = ""
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        hint = f" (write --{key}={value}.0)"
-    raise ConfigError(
-        f"--{key} expects {type(default).__name__} like its default {default!r}, "
-        f"got {type(value).__name__} {value!r}{hint}"
-    )
+    int_for_float = isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+    hint = f" (write --{key}={value}.0)" if int_for_float else ""
+    raise ConfigError(f"--{key} expects {type(default).__name__} like its default {default!r}, "
+                      f"got {type(value).__name__} {value!r}{hint}")
 
 
 def _is_helper(value):
@@ -113,8 +109,7 @@ def apply_overrides(defaults, argv=None, log=None, scope=None):
             raise ConfigError(f"argument {arg!r} must look like --key=value")
         key, raw = arg[2:].split("=", 1)
         if key not in values:
-            known = ", ".join(sorted(values))
-            raise ConfigError(f"Unknown config key: {key} (known keys: {known})")
+            raise ConfigError(f"Unknown config key: {key} (known keys: {', '.join(sorted(values))})")
         value = _parse_value(raw)
         _check_type(key, defaults[key], value)
         log(f"Overriding: {key} = {value}")

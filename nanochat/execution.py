@@ -7,18 +7,18 @@ dict); a task's checks (`judge`) run here in the trusted parent on those values.
 program writes, on any channel it holds, can at most choose the values its functions return.
 
 Layers around the child, outermost first (each used where the host allows it):
-1. OS isolation. `bwrap` (bubblewrap), or without it `unshare` plus a chroot, shows the program a
+1. OS isolation. `bwrap` (bubblewrap), or else `unshare` plus a chroot, shows the program a
    read-only file system holding only the interpreter (its prefixes, /usr, /lib*, /bin, two /etc
    files), a private 64 MiB /tmp as its only writable place, no network, its own PID space. Root
    is dropped to `nobody` first: namespaces alone leave root its power over host files.
 2. A pids cgroup caps the number of processes and lets us kill all of them.
 3. rlimits: address space (memory), file size, process count, no core dumps.
-4. Inside the child, `reliability_guard` removes destructive functions (os.system, shutil.rmtree,
-   ...). Not isolation (other modules reach the same system calls), hence the last layer.
+4. In the child, `reliability_guard` removes destructive functions (os.system, shutil.rmtree, ...):
+   not isolation (other modules reach the same system calls), hence the last layer.
 The child starts with a minimal environment (no secrets) in a scratch home. The parent enforces
 the wall-time limit, caps the output it reads and kills the whole process tree at the end.
-NANOCHAT_SANDBOX=bwrap|unshare|none forces a mode (default auto: bwrap, then unshare; when
-neither works, root is refused rather than run untrusted code unisolated, unless it asks for none).
+NANOCHAT_SANDBOX=bwrap|unshare|none forces a mode (default auto: bwrap, then unshare; when neither
+works, root is refused rather than run untrusted code unisolated, unless it asks for none).
 """
 
 import contextlib
@@ -78,7 +78,6 @@ class TimeoutException(Exception):
 def time_limit(seconds: float):
     def signal_handler(signum, frame):
         raise TimeoutException("Timed out!")
-
     signal.setitimer(signal.ITIMER_REAL, seconds)
     signal.signal(signal.SIGALRM, signal_handler)
     try:
@@ -92,7 +91,6 @@ class WriteOnlyStringIO(io.StringIO):
 
     def read(self, *args, **kwargs):
         raise IOError
-
     readline = readlines = read
 
     def readable(self, *args, **kwargs):
@@ -125,16 +123,12 @@ def reliability_guard(maximum_memory_bytes: Optional[int] = None):
     on its own. `maximum_memory_bytes=None` leaves the memory limits alone."""
     if maximum_memory_bytes is not None:
         import resource
-        resource.setrlimit(resource.RLIMIT_AS, (maximum_memory_bytes, maximum_memory_bytes))
-        resource.setrlimit(resource.RLIMIT_DATA, (maximum_memory_bytes, maximum_memory_bytes))
-        if not platform.uname().system == "Darwin":
-            resource.setrlimit(resource.RLIMIT_STACK, (maximum_memory_bytes, maximum_memory_bytes))
-
+        limits = ["RLIMIT_AS", "RLIMIT_DATA"] + (["RLIMIT_STACK"] if platform.uname().system != "Darwin" else [])
+        for limit in limits:
+            resource.setrlimit(getattr(resource, limit), (maximum_memory_bytes, maximum_memory_bytes))
     faulthandler.disable()
-
     import builtins
     builtins.exit = builtins.quit = builtins.help = None
-
     os.environ["OMP_NUM_THREADS"] = "1"
     for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
                  "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown",
@@ -300,15 +294,13 @@ def _popen_args(mode, home, program, *argv):
 @functools.cache
 def _works(mode, path):
     """Does `mode` start the interpreter here? (probed once per `path`, the $PATH that finds its tools)"""
-    home = tempfile.mkdtemp(prefix="nanochat-probe-")
-    try:
-        probe = _popen_args(mode, home, "pass")
-        done = shutil.which(mode) and subprocess.run(**probe, capture_output=True, timeout=20)
-        return bool(done) and done.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="nanochat-probe-", ignore_cleanup_errors=True) as home:
+        try:
+            probe = _popen_args(mode, home, "pass")
+            done = shutil.which(mode) and subprocess.run(**probe, capture_output=True, timeout=20)
+            return bool(done) and done.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
 
 
 @functools.cache
@@ -330,7 +322,7 @@ def isolation_mode(requested=None):
     requested = requested or os.environ.get("NANOCHAT_SANDBOX", "auto")
     if requested not in ("auto", "bwrap", "unshare", "none"):
         raise ValueError(f"NANOCHAT_SANDBOX must be auto|bwrap|unshare|none, got {requested!r}")
-    candidates = {"auto": ["bwrap", "unshare"], "bwrap": ["bwrap"], "unshare": ["unshare"], "none": ["none"]}[requested]
+    candidates = ["bwrap", "unshare"] if requested == "auto" else [requested]
     mode = next((c for c in candidates if c == "none" or _works(c, os.environ.get("PATH"))), None)
     if mode is None and requested != "auto":
         raise RuntimeError(f"NANOCHAT_SANDBOX={requested} but `{requested}` does not work here "

@@ -4,27 +4,20 @@ The run report card.
 Every stage of a run writes one markdown section into `<base>/report/`; `reset` starts a run
 (it writes `header.md` with the environment and the code size) and `generate` stitches
 `report.md` from the header, the sections in pipeline order, a summary table of the headline
-metrics, and PNG plots of the training curves.
-
-Usage from a stage script:
+metrics, and PNG plots of the training curves. From a stage script:
 
     from nanochat.report import get_report
     report = get_report()                       # a real Report on rank 0, a no-op on other ranks
     report.log(section="Base model training", data=[user_config, {"Minimum validation bpb": 0.81}])
+    report.log_metrics("Base model training", step, train_loss=2.91)   # any numeric keywords,
+    report.log_metrics("Base model training", step, val_bpb=0.95)      # sparse keys are fine
 
 `log` also stores the section's dict items, unformatted, in `<slug>.json` beside `<slug>.md`; the
 summary table is built from those, not parsed back out of the markdown.
-
-Training curves: a stage records points as it goes, and `generate` draws them.
-
-    report.log_metrics("Base model training", step, train_loss=2.91)   # any numeric keywords
-    report.log_metrics("Base model training", step, val_bpb=0.95)      # sparse keys are fine
-    report.log_metrics("Base model training", step, core_metric=0.12)
-
-Each call appends one JSON line `{"step": step, ...}` to `<base>/report/metrics/<slug>.jsonl`
-(the slug of the section name, e.g. `base-model-training`). Conventional keys are `train_loss`,
-`val_bpb`, `core_metric`, `val_loss`, `lrm`, `reward`; any other numeric key gets its own panel.
-A resumed run may log a step twice: the later point wins.
+Each `log_metrics` call appends one JSON line `{"step": step, ...}` to
+`<base>/report/metrics/<slug>.jsonl` (the slug of the section name, e.g. `base-model-training`).
+Conventional keys are `train_loss`, `val_bpb`, `core_metric`, `val_loss`, `lrm`, `reward`; any
+other numeric key gets its own panel. A resumed run may log a step twice: the later point wins.
 
 CLI: `python -m nanochat.report [generate|reset]`.
 """
@@ -39,6 +32,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -53,9 +47,7 @@ def run_command(cmd, cwd=None):
         result = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=5, cwd=cwd)
     except (subprocess.TimeoutExpired, OSError):
         return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip()
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def get_git_info(cwd=REPO_ROOT):
@@ -73,13 +65,9 @@ def get_gpu_info():
     import torch
     if not torch.cuda.is_available():
         return {"available": False}
-    count = torch.cuda.device_count()
-    names, memory_gb = [], []
-    for i in range(count):
-        props = torch.cuda.get_device_properties(i)
-        names.append(props.name)
-        memory_gb.append(props.total_memory / 1024**3)
-    return {"available": True, "count": count, "names": names, "memory_gb": memory_gb,
+    devices = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    return {"available": True, "count": len(devices), "names": [props.name for props in devices],
+            "memory_gb": [props.total_memory / 1024**3 for props in devices],
             "cuda_version": torch.version.cuda or "unknown"}
 
 
@@ -119,9 +107,8 @@ def estimate_cost(gpu_info, runtime_hours=None):
 # -----------------------------------------------------------------------------
 # Code size ("bloat")
 
-# the reference's command: files-to-prompt . -e py -e md -e rs -e html -e toml -e sh --ignore "*target*" --cxml
-FILES_TO_PROMPT_ARGS = [".", "-e", "py", "-e", "md", "-e", "rs", "-e", "html", "-e", "toml", "-e", "sh",
-                        "--ignore", "*target*", "--cxml"]
+# the reference's command line: files-to-prompt . -e py -e md -e rs -e html -e toml -e sh --ignore "*target*" --cxml
+FILES_TO_PROMPT_ARGS = ". -e py -e md -e rs -e html -e toml -e sh --ignore *target* --cxml".split()
 
 
 def get_bloat_info(root=REPO_ROOT):
@@ -132,11 +119,8 @@ def get_bloat_info(root=REPO_ROOT):
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     packed = result.stdout.strip()
     lines = packed.split("\n")
-    uv_lock = os.path.join(root, "uv.lock")
-    dependencies = 0
-    if os.path.exists(uv_lock):
-        with open(uv_lock, encoding="utf-8") as f:
-            dependencies = len(f.read().splitlines())
+    uv_lock = Path(root, "uv.lock")
+    dependencies = len(uv_lock.read_text(encoding="utf-8").splitlines()) if uv_lock.exists() else 0
     return {"chars": len(packed), "lines": len(lines),
             "files": sum(1 for line in lines if line.startswith("<source>")),
             "tokens": len(packed) // 4, "dependencies": dependencies}
@@ -205,18 +189,12 @@ def slugify(text):
     return text.lower().replace(" ", "-")
 
 
-EXPECTED_FILES = [
-    "tokenizer-training.md",
-    "tokenizer-evaluation.md",
-    "base-model-training.md",
-    "base-model-loss.md",
-    "base-model-evaluation.md",
-    "midtraining.md",
-    "chat-evaluation-mid.md",
-    "chat-sft.md",
-    "chat-evaluation-sft.md",
-    "chat-rl.md",
-    "chat-evaluation-rl.md",
+EXPECTED_FILES = [  # pipeline order, one stage per line
+    "tokenizer-training.md", "tokenizer-evaluation.md",
+    "base-model-training.md", "base-model-loss.md", "base-model-evaluation.md",
+    "midtraining.md", "chat-evaluation-mid.md",
+    "chat-sft.md", "chat-evaluation-sft.md",
+    "chat-rl.md", "chat-evaluation-rl.md",
 ]
 
 chat_metrics = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE"]
@@ -247,8 +225,7 @@ def headline_metrics(logged, names):
 
 def extract(section, keys):
     """{key: value} from the `- key...: value` lines of a section; later lines win."""
-    if isinstance(keys, str):
-        keys = [keys]
+    keys = [keys] if isinstance(keys, str) else keys
     found = {}
     for line in section.split("\n"):
         for key in keys:
@@ -278,19 +255,15 @@ def format_value(value):
 
 def summary_table(final_metrics):
     """The fixed-width Metric | BASE | MID | SFT | RL table (CORE first, ChatCORE last)."""
-    names = set()
-    for stage_metrics in final_metrics.values():
-        names.update(stage_metrics)
-    names = sorted(names, key=lambda name: (not name.startswith("CORE"), name == "ChatCORE", name))
+    names = sorted(set().union(*final_metrics.values()),
+                   key=lambda name: (not name.startswith("CORE"), name == "ChatCORE", name))
     metric_width, value_width = 15, 8
-    lines = ["| " + "Metric".ljust(metric_width) + " |"
-             + "".join(f" {stage.upper().ljust(value_width)} |" for stage in SUMMARY_STAGES),
-             "|" + "-" * (metric_width + 2) + "|" + "".join("-" * (value_width + 2) + "|" for _ in SUMMARY_STAGES)]
-    for name in names:
-        cells = "".join(f" {str(final_metrics.get(stage, {}).get(name, '-')).ljust(value_width)} |"
-                        for stage in SUMMARY_STAGES)
-        lines.append("| " + name.ljust(metric_width) + " |" + cells)
-    return "\n".join(lines) + "\n"
+
+    def row(label, cells):
+        return f"| {label.ljust(metric_width)} |" + "".join(f" {str(cell).ljust(value_width)} |" for cell in cells)
+    rule = "|" + "-" * (metric_width + 2) + "|" + "".join("-" * (value_width + 2) + "|" for _ in SUMMARY_STAGES)
+    rows = [row(name, [final_metrics.get(stage, {}).get(name, "-") for stage in SUMMARY_STAGES]) for name in names]
+    return "\n".join([row("Metric", [stage.upper() for stage in SUMMARY_STAGES]), rule, *rows]) + "\n"
 
 
 def format_duration(start_time, end_time):
@@ -318,16 +291,12 @@ class Report:
         with open(path[:-len(".md")] + ".json", "w", encoding="utf-8") as f:
             json.dump({"timestamp": timestamp, "metrics": logged}, f, indent=2, default=str)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(f"## {section}\n")
-            f.write(f"timestamp: {timestamp}\n\n")
+            f.write(f"## {section}\ntimestamp: {timestamp}\n\n")
             for item in data:
-                if not item:
-                    continue
                 if isinstance(item, str):
                     f.write(item)
-                else:
-                    for key, value in item.items():
-                        f.write(f"- {key}: {format_value(value)}\n")
+                elif item:
+                    f.writelines(f"- {key}: {format_value(value)}\n" for key, value in item.items())
             f.write("\n")
         return path
 
@@ -366,11 +335,8 @@ class Report:
                 out.write("## Training curves\n\n")
                 for slug, rel_path in plots.items():
                     out.write(f"![{slug} curves]({rel_path})\n\n")
-            out.write("## Summary\n\n")
-            out.write(bloat_data)
-            out.write("\n\n")
-            out.write(summary_table(final_metrics))
-            out.write("\n")
+            out.write(f"## Summary\n\n{bloat_data}\n\n")
+            out.write(summary_table(final_metrics) + "\n")
             out.write(f"Total wall clock time: {format_duration(start_time, end_time)}\n")
         print("Copying report.md to the current directory for convenience")
         self._copy_to_cwd(report_file)
@@ -382,8 +348,7 @@ class Report:
         if not os.path.exists(header_file):
             print(f"Warning: {header_file} does not exist; did you run `python -m nanochat.report reset`?")
             return None, "[bloat data missing]"
-        with open(header_file, encoding="utf-8") as f:
-            header = f.read()
+        header = Path(header_file).read_text(encoding="utf-8")
         out.write(header)
         bloat = re.search(r"### Bloat\n(.*?)\n\n", header, re.DOTALL)
         return extract_timestamp(header, "Run started:"), bloat.group(1) if bloat else ""
@@ -397,8 +362,7 @@ class Report:
             if not os.path.exists(section_file):
                 print(f"Warning: {section_file} does not exist, skipping")
                 continue
-            with open(section_file, encoding="utf-8") as f:
-                section = f.read()
+            section = Path(section_file).read_text(encoding="utf-8")
             logged = self._logged(file_name)
             if "rl" not in file_name and logged:  # RL is optional and comes last; it does not end the clock
                 end_time = datetime.datetime.strptime(logged["timestamp"], TIME_FORMAT)
@@ -406,7 +370,7 @@ class Report:
                 stage, names = SUMMARY_SOURCES[file_name]
                 final_metrics[stage] = headline_metrics(logged["metrics"], names)
             out.write(section)
-            slug = file_name[:-len(".md")]
+            slug = file_name.removesuffix(".md")
             if slug in plots:
                 out.write(f"![{slug} curves]({plots.pop(slug)})\n\n")
             out.write("\n")
@@ -416,28 +380,20 @@ class Report:
         """./report.md, with plot links made absolute so they still resolve from there."""
         if os.path.abspath("report.md") == os.path.abspath(report_file):
             return
-        with open(report_file, encoding="utf-8") as f:
-            content = f.read()
+        content = Path(report_file).read_text(encoding="utf-8")
         plots_prefix = os.path.abspath(self.plots_dir) + os.sep
-        content = content.replace("](plots/", "](" + plots_prefix)
-        with open("report.md", "w", encoding="utf-8") as f:
-            f.write(content)
+        Path("report.md").write_text(content.replace("](plots/", "](" + plots_prefix), encoding="utf-8")
 
     def _logged(self, file_name):
         """{"timestamp", "metrics"} that log() stored beside a section, or None for a hand-written section."""
-        path = os.path.join(self.report_dir, file_name[:-len(".md")] + ".json")
-        if not os.path.exists(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        path = Path(self.report_dir, file_name.removesuffix(".md") + ".json")
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
     def reset(self):
         """Start a new run: drop old sections, metrics and plots; write a fresh header."""
-        logged = [name[:-len(".md")] + ".json" for name in EXPECTED_FILES]
+        logged = [name.removesuffix(".md") + ".json" for name in EXPECTED_FILES]
         for file_name in EXPECTED_FILES + logged + ["report.md"]:
-            path = os.path.join(self.report_dir, file_name)
-            if os.path.exists(path):
-                os.remove(path)
+            Path(self.report_dir, file_name).unlink(missing_ok=True)
         for folder in (self.metrics_dir, self.plots_dir):
             shutil.rmtree(folder, ignore_errors=True)
         header_file = os.path.join(self.report_dir, "header.md")
@@ -451,26 +407,16 @@ class Report:
 class DummyReport:
     """What ranks other than 0 get: every call is a no-op."""
 
-    def log(self, *args, **kwargs):
+    def _noop(self, *args, **kwargs):
         pass
-
-    def log_metrics(self, *args, **kwargs):
-        pass
-
-    def reset(self, *args, **kwargs):
-        pass
-
-    def generate(self, *args, **kwargs):
-        pass
+    log = log_metrics = reset = generate = _noop
 
 
 def get_report():
     """The run's Report on rank 0 (in `<base>/report`), a DummyReport elsewhere."""
     from nanochat.common import get_base_dir, get_dist_info
     _, rank, _, _ = get_dist_info()
-    if rank == 0:
-        return Report(os.path.join(get_base_dir(), "report"))
-    return DummyReport()
+    return Report(os.path.join(get_base_dir(), "report")) if rank == 0 else DummyReport()
 
 
 def main(argv=None):
@@ -478,11 +424,7 @@ def main(argv=None):
     parser.add_argument("command", nargs="?", default="generate", choices=["generate", "reset"],
                         help="generate: write report.md; reset: start a new run (default: generate)")
     args = parser.parse_args(argv)
-    report = get_report()
-    if args.command == "generate":
-        report.generate()
-    else:
-        report.reset()
+    getattr(get_report(), args.command)()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
 """
-Training-curve plots for the report card.
-
-Reads the `<report>/metrics/<slug>.jsonl` files that stages append through
-`Report.log_metrics` and draws one PNG per stage (`<report>/plots/<slug>.png`): one panel per
-recorded metric, step on the x axis. Uses matplotlib's non-interactive Agg backend, so it works
-on machines without a display.
+Training-curve plots for the report card: reads the `<report>/metrics/<slug>.jsonl` files that
+stages append through `Report.log_metrics` and draws one PNG per stage (`<report>/plots/<slug>.png`),
+one panel per recorded metric over steps. Matplotlib's Agg backend works without a display.
 """
 
+import glob
 import json
 import math
 import os
@@ -79,11 +77,9 @@ def plot_stage(title, metrics, out_path):
 def plot_all_stages(metrics_dir, plots_dir, relative_to=None):
     """Plot every `<slug>.jsonl` in metrics_dir; returns {slug: png path (relative to `relative_to`)}."""
     plots = {}
-    for file_name in sorted(os.listdir(metrics_dir)):
-        if not file_name.endswith(".jsonl"):
-            continue
-        slug = file_name[:-len(".jsonl")]
-        metrics = read_metrics(os.path.join(metrics_dir, file_name))
+    for path in sorted(glob.glob(os.path.join(glob.escape(metrics_dir), "*.jsonl"))):
+        slug = os.path.basename(path).removesuffix(".jsonl")
+        metrics = read_metrics(path)
         if not metrics:
             continue
         title = slug.replace("-", " ").capitalize()

@@ -7,9 +7,9 @@ import tempfile
 import pytest
 
 from dev.sandbox_report import ATTACKS, CONTAINED_WITHOUT_ISOLATION, SECRETS, Bait, run_attack
-from nanochat.execution import (ExecutionResult, SandboxCallError, WriteOnlyStringIO, capture_io, create_tempdir,
-                                execute_code, isolation_mode, process_cap_available, reliability_guard, time_limit,
-                                TimeoutException)
+from nanochat.execution import (ExecutionResult, SandboxCallError, WriteOnlyStringIO, capture_io, chdir,
+                                create_tempdir, execute_code, isolation_mode, process_cap_available, reliability_guard,
+                                time_limit, TimeoutException)
 
 
 def _available(mode):
@@ -54,6 +54,8 @@ def test_helpers_in_process():
         assert os.getcwd() == os.path.realpath(d)
         with capture_io() as (out, _):
             print("captured")
+        with chdir(cwd):
+            assert os.getcwd() == cwd
     assert os.getcwd() == cwd and out.getvalue() == "captured\n"
 
 
