@@ -29,13 +29,12 @@ def pick_tokenizer():
     from nanochat.tokenizer import get_tokenizer
     try:
         tok = get_tokenizer()
-        print(f"tokenizer: trained BPE from <base>/tokenizer (vocab {tok.get_vocab_size()})")
-        return tok, True
     except FileNotFoundError:
-        tok = byte_tokenizer()
         print("tokenizer: no <base>/tokenizer found -> byte-level tokenizer (256 bytes + specials). "
               "It yields ~4x more tokens per character than a trained BPE, so it is a stand-in, not the real figure.")
-        return tok, False
+        return byte_tokenizer(), False
+    print(f"tokenizer: trained BPE from <base>/tokenizer (vocab {tok.get_vocab_size()})")
+    return tok, True
 
 
 def pick_data_dir(tmp_root, num_pack_files):
@@ -90,12 +89,9 @@ def training_tokens_per_second(depth, vocab_size, B, T, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--B", type=int, default=8)
-    parser.add_argument("--T", type=int, default=1024)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--loader_steps", type=int, default=40)
-    parser.add_argument("--train_steps", type=int, default=3)
-    parser.add_argument("--tokenizer_threads", type=int, default=4)
+    for flag, default in (("--B", 8), ("--T", 1024), ("--depth", 4), ("--loader_steps", 40), ("--train_steps", 3),
+                          ("--tokenizer_threads", 4)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--vocab_size", type=int, default=65536,
                         help="model vocab when the byte-level stand-in is used")
     parser.add_argument("--pack_files", type=int, default=3, help="data-pack corpus files to pack when no shards exist")

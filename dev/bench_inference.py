@@ -13,6 +13,7 @@ the naive GPT.generate must be identical.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -44,9 +45,8 @@ class SpecialIdsOnly:
         return self.vocab_size + len(self.NAMES)
 
 
-# HBM bandwidth by GPU name, most specific first: a decode step reads every weight but the
-# embedding (a lookup) once, so batch * bandwidth / those bytes bounds tokens/s (the KV cache,
-# small here, is left out)
+# HBM bandwidth by GPU name, most specific first: a decode step reads every weight but the embedding (a lookup)
+# once, so batch * bandwidth / those bytes bounds tokens/s (the KV cache, small here, is left out)
 HBM_BYTES_PER_SEC = [("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("GH200", 4.0e12),
                      ("H200", 4.8e12), ("B200", 8.0e12), ("A100-SXM4-80GB", 2.04e12), ("A100", 1.56e12)]
 
@@ -83,13 +83,12 @@ def original_generate(model, tokens, num_samples, max_tokens, temperature, seed=
     device = model.get_device()
     rng = torch.Generator(device=device).manual_seed(seed)
     config = model.config
-    head_dim = config.n_embd // config.n_head
-    prefill = KVCache(batch_size=1, num_heads=config.n_kv_head, seq_len=len(tokens), head_dim=head_dim,
-                      num_layers=config.n_layer)
+    shape = dict(num_heads=config.n_kv_head, seq_len=len(tokens), head_dim=config.n_embd // config.n_head,
+                 num_layers=config.n_layer)
+    prefill = KVCache(batch_size=1, **shape)
     logits = model.forward(torch.tensor([tokens], dtype=torch.long, device=device), kv_cache=prefill)[:, -1, :]
     next_ids = sample_next_token(logits.expand(num_samples, -1), rng, temperature)
-    cache = KVCache(batch_size=num_samples, num_heads=config.n_kv_head, seq_len=len(tokens), head_dim=head_dim,
-                    num_layers=config.n_layer)  # grows by concatenation as decoding goes on
+    cache = KVCache(batch_size=num_samples, **shape)  # grows by concatenation as decoding goes on
     cache.prefill(prefill)
     columns = []
     for step in range(max_tokens):
@@ -105,35 +104,30 @@ def original_generate(model, tokens, num_samples, max_tokens, temperature, seed=
 def main():
     parser = argparse.ArgumentParser(description="Engine vs the original engine structure: decode speed")
     parser.add_argument("--device", default="", help="cpu|cuda (empty: cuda when available)")
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--vocab_size", type=int, default=8192)
-    parser.add_argument("--prompt_len", type=int, default=64)
-    parser.add_argument("--new_tokens", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
+    for flag, default in (("--depth", 4), ("--vocab_size", 8192), ("--prompt_len", 64), ("--new_tokens", 128),
+                          ("--batch", 8)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--repeats", type=int, default=3, help="keep the best of this many runs")
     parser.add_argument("--compile", type=int, default=1, help="compile our decode step (1/0)")
     parser.add_argument("--json", action="store_true", help="end with a line 'RESULT {json}'")
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
     model = build_model(args.depth, args.vocab_size, device)
     engine = Engine(model, SpecialIdsOnly(args.vocab_size), compile=bool(args.compile))
     prompt = torch.randint(0, args.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
     n, b = args.new_tokens, args.batch
-    config = model.config
-    print(f"device={device} depth={args.depth} (width {config.n_embd}, {config.n_head} heads) "
+    print(f"device={device} depth={args.depth} (width {model.config.n_embd}, {model.config.n_head} heads) "
           f"vocab={args.vocab_size} prompt={args.prompt_len} new_tokens={n} threads={torch.get_num_threads()} "
           f"ours compiled: {bool(args.compile)}, best of {args.repeats}", flush=True)
 
-    def ours(num_samples, temperature):
-        return [col for col, _ in engine.generate(prompt, num_samples=num_samples, max_tokens=n,
-                                                  temperature=temperature)]
+    def ours(k, temperature):
+        return [col for col, _ in engine.generate(prompt, num_samples=k, max_tokens=n, temperature=temperature)]
 
-    def baseline(num_samples, temperature):
-        return original_generate(model, prompt, num_samples, n, temperature)
+    def baseline(k, temperature):
+        return original_generate(model, prompt, k, n, temperature)
 
-    runs = {("ours", 1): lambda: ours(1, 0.0), ("baseline", 1): lambda: baseline(1, 0.0),
-            ("ours", b): lambda: ours(b, 1.0), ("baseline", b): lambda: baseline(b, 1.0)}
+    # batch 1 greedy, batch b sampled; ours and the baseline alternate
+    runs = {(fn.__name__, k): functools.partial(fn, k, t) for k, t in ((1, 0.0), (b, 1.0)) for fn in (ours, baseline)}
     best, outputs = {}, {}
     with torch.inference_mode(), autocast_context(device.type):
         t0 = time.perf_counter()

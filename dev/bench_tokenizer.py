@@ -1,21 +1,18 @@
 """Benchmark tokenizer training and encoding against our peers, in one run.
 
-On the same text and vocab sizes it trains BPE with
+On the same text and vocab sizes it trains BPE, each in its own subprocess using all cores, with
   (a) our `rustbpe` (this repository's Rust extension),
-  (b) the `rustbpe` package from PyPI (same module name, so it is installed into a separate folder
-      and imported from there),
-  (c) HF `tokenizers` with the BpeTrainer configured as nanochat's HuggingFaceTokenizer (byte-level,
-      same split regex, no special tokens),
-each in its own subprocess using all cores, then encodes the same text with tiktoken built from our
-ranks and from PyPI rustbpe's ranks (fresh subprocesses, alternating). It prints the timings, the
-ratios to the peers, and whether our merges equal PyPI's.
+  (b) PyPI's `rustbpe` (the same module name, so it is installed into a separate folder and imported from there),
+  (c) HF `tokenizers`, its BpeTrainer set up as nanochat's HuggingFaceTokenizer (byte-level, same split regex,
+      no special tokens),
+then encodes the same text with tiktoken built from our ranks and from PyPI's (fresh subprocesses,
+alternating). It prints the timings, the ratios to the peers, and whether our merges equal PyPI's.
 
     python -m dev.bench_tokenizer                      # 50 MB, vocab 32768 and 65536
     python -m dev.bench_tokenizer --mb 10 --vocab-sizes 4096
     python -m dev.bench_tokenizer --corpus-dir DIR --pypi-dir DIR
 
-Text comes from `part_*.jsonl.gz` files (one `{"text": ...}` per line) in --corpus-dir, by default
-`$NANOCHAT_DATA_PACK/corpus`.
+Text: `part_*.jsonl.gz` files (one `{"text": ...}` per line) in --corpus-dir (default `$NANOCHAT_DATA_PACK/corpus`).
 """
 
 import argparse
@@ -29,16 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 # nanochat's split pattern (GPT-4's with \p{N}{1,2}); kept literal so workers need no project imports.
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501
 PYPI_RUSTBPE = "rustbpe==0.1.0"
 
 
-# ----------------------------------------------------------------------------------------
-# Workers (run in subprocesses)
-
-
+# Workers: each runs in its own subprocess (see call_worker)
 def train_rustbpe(docs, vocab_size):
     import rustbpe
 
@@ -95,31 +90,22 @@ def encode_tiktoken(texts, ranks, repeats):
 
 
 def save_pickle(obj, path):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f)
+    Path(path).write_bytes(pickle.dumps(obj))
     return path
 
 
 def load_pickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    return pickle.loads(Path(path).read_bytes())
 
 
-def worker_main(args):
-    docs = load_pickle(args.docs)
-    if args.worker == "encode":
-        result = encode_tiktoken(docs, load_pickle(args.ranks), args.repeats)
-    elif args.worker == "hf":
-        result = train_hf(docs, args.vocab)
-    else:
-        result = train_rustbpe(docs, args.vocab)
-    save_pickle(result, args.out)
+def worker_main(job_path):
+    """Run the job call_worker pickled to job_path; its result is pickled next to it."""
+    job = load_pickle(job_path)
+    worker = {"encode": encode_tiktoken, "hf": train_hf}.get(job.pop("kind"), train_rustbpe)
+    save_pickle(worker(load_pickle(job.pop("docs")), **job), job_path + ".out")
 
 
-# ----------------------------------------------------------------------------------------
 # Orchestration
-
-
 def take_bytes(docs, max_bytes):
     """The first documents, up to the one that reaches max_bytes of UTF-8; (documents, their bytes)."""
     out, size = [], 0
@@ -158,20 +144,19 @@ def ensure_pypi_rustbpe(target):
     subprocess.run([*pip, "--quiet", "--target", target, PYPI_RUSTBPE], check=True)
 
 
-def call_worker(workdir, out_name, *args, env=None):
-    """What this file run as a worker (`args`) pickled to workdir/out_name."""
-    out = os.path.join(workdir, out_name)
+def call_worker(workdir, name, env=None, **job):
+    """The result of worker_main(job) in a fresh subprocess of this file."""
+    path = save_pickle(job, os.path.join(workdir, f"{name}.job"))
     # Run outside the repository so the rustbpe/ source folder cannot shadow a module.
-    subprocess.run([sys.executable, os.path.abspath(__file__), *args, "--out", out], check=True, env=env, cwd=workdir)
-    return load_pickle(out)
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", path], check=True, env=env, cwd=workdir)
+    return load_pickle(path + ".out")
 
 
 def train_worker(kind, docs_path, vocab_size, workdir, pypi_dir):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if kind == "pypi":
         env["PYTHONPATH"] = pypi_dir
-    return call_worker(workdir, f"{kind}_{vocab_size}.pkl", "--worker", kind, "--docs", docs_path,
-                       "--vocab", str(vocab_size), env=env)
+    return call_worker(workdir, f"{kind}_{vocab_size}", env=env, kind=kind, docs=docs_path, vocab_size=vocab_size)
 
 
 def check_modules(results, pypi_dir):
@@ -193,18 +178,24 @@ def compare_merges(ours, pypi):
 def time_encode(ranks_by_name, texts_path, repeats, workdir):
     """Encode timings per rank set: each set is timed in fresh subprocesses, in
     alternating order over two rounds, so neither gets a warmer process or heap."""
-    paths = {name: save_pickle(ranks, os.path.join(workdir, f"ranks_{name}.pkl"))
-             for name, ranks in ranks_by_name.items()}
     per_round = max(1, (repeats + 1) // 2)
     best, names = {}, list(ranks_by_name)
     for order in (names, names[::-1]):
         for name in order:
-            r = call_worker(workdir, f"encode_{name}.pkl", "--worker", "encode", "--docs", texts_path,
-                            "--ranks", paths[name], "--repeats", str(per_round))
+            r = call_worker(workdir, f"encode_{name}", kind="encode", docs=texts_path, ranks=ranks_by_name[name],
+                            repeats=per_round)
             kept = best.setdefault(name, r)
             for key in ("seconds", "cpu_seconds"):
                 kept[key] = min(kept[key], r[key])
     return best
+
+
+def seconds_cell(r):
+    return f"{r['seconds']:.2f} [{r['cpu_seconds']:.2f}]" if r else "-"
+
+
+def ratio_cell(r, ours):
+    return f"{r['seconds'] / ours['seconds']:.2f}x [{r['cpu_seconds'] / ours['cpu_seconds']:.2f}x]" if r else "-"
 
 
 def main():
@@ -218,16 +209,10 @@ def main():
     parser.add_argument("--pypi-dir", default=None,
                         help="folder with PyPI rustbpe installed (default: install into a temp folder)")
     parser.add_argument("--skip-hf", action="store_true", help="leave HF tokenizers out")
-    # internal: subprocess workers
-    parser.add_argument("--worker", choices=["ours", "pypi", "hf", "encode"], help=argparse.SUPPRESS)
-    parser.add_argument("--ranks", help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--docs", help=argparse.SUPPRESS)
-    parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: the job file of a subprocess worker
     args = parser.parse_args()
     if args.worker:
-        return worker_main(args)
+        return worker_main(args.worker)
 
     corpus_dir = args.corpus_dir or os.path.join(os.environ.get("NANOCHAT_DATA_PACK", ""), "corpus")
     vocab_sizes = [int(v) for v in args.vocab_sizes.split(",")]
@@ -265,17 +250,10 @@ def main():
     print(f"{'vocab':>6} {'ours':>14} {'PyPI rustbpe':>14} {'HF':>14} {'vs PyPI':>14} {'vs HF':>14}"
           f" {'enc ours':>14} {'enc PyPI':>14} {'enc ratio':>14}  merges vs PyPI")
     for vocab_size, results, enc, merges in rows:
-        def cell(kind):
-            r = results.get(kind)
-            return f"{r['seconds']:.2f} [{r['cpu_seconds']:.2f}]" if r else "-"
-
-        def ratio(kind):
-            r, o = results.get(kind), results["ours"]
-            return f"{r['seconds'] / o['seconds']:.2f}x [{r['cpu_seconds'] / o['cpu_seconds']:.2f}x]" if r else "-"
-
-        o, p = enc["ours"], enc["pypi"]
-        print(f"{vocab_size:>6} {cell('ours'):>14} {cell('pypi'):>14} {cell('hf'):>14} "
-              f"{ratio('pypi'):>14} {ratio('hf'):>14}"
+        ours, o, p = results["ours"], enc["ours"], enc["pypi"]
+        cells = [seconds_cell(results.get(kind)) for kind in ("ours", "pypi", "hf")]
+        cells += [ratio_cell(results.get(kind), ours) for kind in ("pypi", "hf")]
+        print(f"{vocab_size:>6} " + " ".join(f"{c:>14}" for c in cells) +
               f" {o['seconds']:>6.2f} [{o['cpu_seconds']:.2f}] {p['seconds']:>6.2f} [{p['cpu_seconds']:.2f}]"
               f" {p['seconds'] / o['seconds']:>6.2f}x [{p['cpu_seconds'] / o['cpu_seconds']:.2f}x]  "
               f"{merges.split(' (')[0]}")

@@ -1,6 +1,6 @@
 """
-Training step throughput: our GPT + optimizers against the original design's configuration,
-measured in one run on random tokens (this measures model + optimizer, not the loader).
+Training step throughput of our GPT + optimizers against the original design's, in one run on random
+tokens (model + optimizer, not the loader).
 
     python -m dev.bench_train --depth=4 --device_batch_size=2 --max_seq_len=512 --vocab_size=8192   # CPU
     python -m dev.bench_train --depth=20 --device_batch_size=32 --max_seq_len=2048                   # one H100
@@ -10,9 +10,8 @@ parameter at a time with a bf16 Newton-Schulz, torch's fused AdamW. Ours is what
 (batched Newton-Schulz in the dtype picked for the device, our AdamW setup), compiled like the
 baseline unless --compile=0, so the ratio isolates everything else.
 
-On CPU the two setups alternate round by round (a shared machine's load hits both alike). On
-CUDA each runs to the end and is freed before the next is built: two d20 setups do not fit in
-80 GB together, and a dedicated GPU times steadily.
+On CPU the setups alternate round by round (a shared machine's load hits both alike). On CUDA each
+runs to the end and is freed first: two d20 setups do not fit in 80 GB, and a dedicated GPU times steadily.
 """
 
 import argparse
@@ -59,8 +58,7 @@ class OriginalMuon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 g = p.grad.lerp_(buf, group["momentum"])
-                update = self.newton_schulz(g)
-                p.add_(update, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+                p.add_(self.newton_schulz(g), alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
 
 
 def build_model(args, device):
@@ -101,12 +99,9 @@ class Runner:
         self.autocast_ctx = autocast_context(self.device_type)
         g = torch.Generator(device="cpu").manual_seed(1)
         B, T = args.device_batch_size, args.max_seq_len
-        self.batches = []
-        for _ in range(4):
-            tokens = torch.randint(0, args.vocab_size, (B * T + 1,), generator=g).to(device)
-            self.batches.append((tokens[:-1].view(B, T), tokens[1:].view(B, T)))  # as the loader packs them
-        self.tokens_per_step = B * T
-        self.step_times, self.losses = [], []
+        streams = [torch.randint(0, args.vocab_size, (B * T + 1,), generator=g).to(device) for _ in range(4)]
+        self.batches = [(t[:-1].view(B, T), t[1:].view(B, T)) for t in streams]  # as the loader packs them
+        self.tokens_per_step, self.step_times, self.losses = B * T, [], []
         t0 = time.perf_counter()
         for i in range(args.warmup_steps):  # compilation, allocator and kernel caches
             self.train_step(i)
@@ -134,29 +129,25 @@ class Runner:
         return self
 
     def report(self):
-        """Print this setup's figures and return them."""
         dt = statistics.median(self.step_times)
         tok_per_sec = self.tokens_per_step / dt
         s = dict(name=self.name, ms_per_step=dt * 1000, tok_per_sec=tok_per_sec, steps=len(self.step_times),
                  warmup_s=self.warmup_seconds, peak_mib=peak_memory_mib(self.device_type),
                  mfu=mfu_percent(self.flops_per_token, tok_per_sec, 1, self.device_type))
         mem = "peak memory allocated" if self.device_type == "cuda" else "process peak RSS so far"
-        mfu = f"{s['mfu']:.2f}%" if s["mfu"] is not None else "n/a"
-        print(f"{s['name']:9s} | {s['ms_per_step']:9.1f} ms/step (median of {s['steps']}) | "
-              f"{s['tok_per_sec']:12,.0f} tok/s | MFU {mfu} | warm-up {s['warmup_s']:.1f} s | "
-              f"{mem} {s['peak_mib']:,.0f} MiB", flush=True)
+        mfu = "n/a" if s["mfu"] is None else f"{s['mfu']:.2f}%"
+        print(f"{self.name:9s} | {dt * 1000:9.1f} ms/step (median of {s['steps']}) | {tok_per_sec:12,.0f} tok/s | "
+              f"MFU {mfu} | warm-up {self.warmup_seconds:.1f} s | {mem} {s['peak_mib']:,.0f} MiB", flush=True)
         return s
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--device_batch_size", type=int, default=2)
-    parser.add_argument("--max_seq_len", type=int, default=512)
-    parser.add_argument("--vocab_size", type=int, default=8192)
+    for flag, default in (("--depth", 4), ("--device_batch_size", 2), ("--max_seq_len", 512), ("--vocab_size", 8192),
+                          ("--warmup_steps", 3)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=8, help="timing rounds (interleaved on CPU)")
-    parser.add_argument("--warmup_steps", type=int, default=3)
     parser.add_argument("--device_type", default="", help="cuda|cpu|mps; empty = autodetect")
     parser.add_argument("--compile", type=int, default=1, help="compile our model like the baseline's (1/0)")
     parser.add_argument("--no_baseline", action="store_true", help="time our setup only")

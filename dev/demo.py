@@ -1,6 +1,8 @@
 """Stand-ins the dev tools share: the repo's own text, a byte-level tokenizer, a random-weight checkpoint
 and a chat_web process."""
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -53,25 +55,30 @@ def save_random_checkpoint(base_dir, tokenizer, depth, stage_dir, seq_len):
                     {"step": 1, "model_config": asdict(config)})
 
 
-def start_chat_web(base_dir, port, *flags, timeout=120):
-    """`python -m scripts.chat_web` on CPU at 127.0.0.1:port over the checkpoints under base_dir;
-    (process, url) once /health says ready. Raises if it exits first or is not ready in time."""
+@contextlib.contextmanager
+def chat_web(base_dir, port, *flags, timeout=120):
+    """`python -m scripts.chat_web` on CPU at 127.0.0.1:port over the checkpoints under base_dir; yields its
+    url once /health says ready and kills it on exit. Raises if it exits first or is not ready in time."""
     import httpx
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     cmd = [sys.executable, "-m", "scripts.chat_web", "--device-type=cpu", "--host=127.0.0.1", f"--port={port}",
            *flags]
     server = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "NANOCHAT_BASE_DIR": base_dir},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}: {' '.join(cmd)}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).json().get("ready"):
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise RuntimeError(f"the server did not become ready in {timeout} s")
+    try:
+        while time.time() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.returncode}: {' '.join(cmd)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).json().get("ready"):
+                    break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the server did not become ready in {timeout} s")
+        yield url
+    finally:
+        server.kill()
+        server.wait()

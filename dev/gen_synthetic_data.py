@@ -18,6 +18,7 @@ import concurrent.futures
 import json
 import os
 import random
+from pathlib import Path
 
 from nanochat.common import get_base_dir
 
@@ -90,19 +91,15 @@ def offline_conversation(index):
     """One identity conversation, fully determined by `index` (seeded from it)."""
     rng = random.Random(index)
     greeting = rng.choice(GREETINGS)
-    messages = [{"role": "user", "content": greeting},
-                {"role": "assistant", "content": rng.choice(REPLIES_TO_GREETING) if greeting.isascii()  # English
-                 else REPLY_IN_ENGLISH}]
+    turns = [(greeting, rng.choice(REPLIES_TO_GREETING) if greeting.isascii() else REPLY_IN_ENGLISH)]  # English?
     for topic in rng.sample(sorted(QUESTIONS), rng.randint(1, 3)):
         question = rng.choice(QUESTIONS[topic])
         if rng.random() < 0.3:
             question = question.lower()
-        messages.append({"role": "user", "content": question})
-        messages.append({"role": "assistant", "content": rng.choice(ANSWERS[topic])})
+        turns.append((question, rng.choice(ANSWERS[topic])))
     if rng.random() < 0.5:
-        messages.append({"role": "user", "content": rng.choice(THANKS)})
-        messages.append({"role": "assistant", "content": rng.choice(CLOSINGS)})
-    return messages
+        turns.append((rng.choice(THANKS), rng.choice(CLOSINGS)))
+    return [{"role": role, "content": text} for turn in turns for role, text in zip(("user", "assistant"), turn)]
 
 
 def validate_messages(messages):
@@ -118,9 +115,7 @@ def validate_messages(messages):
     return messages
 
 
-# -----------------------------------------------------------------------------
 # API path (needs internet and an OpenRouter key)
-
 MESSAGE_SCHEMA = {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
                   "required": ["role", "content"], "additionalProperties": False}
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "conversation", "strict": True, "schema": {
@@ -141,10 +136,9 @@ Here is the project README for more context:
 
 def read_api_key(repo_root="."):
     key = os.environ.get("OPENROUTER_API_KEY", "").strip()
-    path = os.path.join(repo_root, "openroutertoken.txt")
-    if not key and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            key = f.read().strip()
+    path = Path(repo_root, "openroutertoken.txt")
+    if not key and path.exists():
+        key = path.read_text(encoding="utf-8").strip()
     return key or None
 
 
@@ -163,17 +157,16 @@ def api_conversation(index, api_key, readme, timeout=(10, 120)):
 
 
 def generate_with_api(num, api_key, workers=4):
-    readme = open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else ""
-    results, failures = {}, 0
+    readme = Path("README.md").read_text(encoding="utf-8") if os.path.exists("README.md") else ""
+    results = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(api_conversation, i, api_key, readme): i for i in range(num)}
         for future in concurrent.futures.as_completed(futures):
             try:
                 results[futures[future]] = future.result()
             except Exception as e:  # one bad sample must not end the run
-                failures += 1
                 print(f"conversation {futures[future]} failed: {e}")
-    print(f"Generated {len(results)} conversations via the API ({failures} failed)")
+    print(f"Generated {len(results)} conversations via the API ({num - len(results)} failed)")
     return [results[i] for i in sorted(results)]
 
 

@@ -31,8 +31,7 @@ def write_corpus(out_dir):
 
 def result_line(log_path):
     """The JSON of the last 'RESULT {...}' line a benchmark printed."""
-    with open(log_path) as f:
-        lines = [line for line in f if line.startswith("RESULT ")]
+    lines = [line for line in Path(log_path).read_text().splitlines() if line.startswith("RESULT ")]
     if not lines:
         raise SystemExit(f"no RESULT line in {log_path}: see that log for what went wrong")
     return json.loads(lines[-1][len("RESULT "):])
@@ -44,7 +43,6 @@ def percent(x):
 
 def summary(log_dir):
     """Print the check's figures; returns the names of the verdicts that failed."""
-    failed = []
     train = result_line(os.path.join(log_dir, "bench_train.log"))
     print(f"training, d{train['depth']} seq {train['seq']} device batch {train['batch']} on {train['device']}:")
     for run in train["runs"]:
@@ -57,8 +55,7 @@ def summary(log_dir):
     decode = result_line(os.path.join(log_dir, "bench_inference.log"))
     print(f"decode, d{decode['depth']}, {decode['new_tokens']} new tokens, "
           f"{decode['weight_bytes_per_step'] / 2**20:,.0f} MiB of weights read per step on {decode['device']}:")
-    for key in sorted(k for k in decode if k.startswith("batch")):
-        d = decode[key]
+    for key, d in sorted((k, v) for k, v in decode.items() if k.startswith("batch")):
         fraction = d.get("hbm_fraction")
         bound = "HBM bound n/a" if fraction is None else f"{100 * fraction:.1f}% of the HBM bound"
         print(f"  {key:8s} ours {d['ours_tok_per_sec']:10,.1f} tok/s, original structure "
@@ -67,8 +64,6 @@ def summary(log_dir):
     print(f"  greedy tokens identical (Engine, original structure, GPT.generate): {decode['greedy_identical']}")
     if "cudagraph_skips" in decode:
         print(f"  CUDA graphs skipped by the compiled step: {decode['cudagraph_skips']}")
-    if not decode["greedy_identical"]:
-        failed.append("decode greedy equality")
 
     log = Path(log_dir, "base_train.log").read_text()
     losses = [float(x) for x in re.findall(r"\| loss: ([0-9.]+)", log)]
@@ -79,17 +74,15 @@ def summary(log_dir):
     falls = losses[-1] < losses[0]
     print(f"base_train, {len(losses)} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f} "
           f"({'falls' if falls else 'DOES NOT FALL'}); last step {tok_per_sec[-1]:,} tok/s, MFU {mfus[-1]}")
-    if not falls:
-        failed.append("base_train loss falls")
 
     engine_log = Path(log_dir, "engine_check.log").read_text()
     match = re.search(r"^match$", engine_log, re.M) is not None
     timing = re.search(r"^naive GPT\.generate: .*$", engine_log, re.M)
     print(f"Engine vs GPT.generate on the trained checkpoint: {'match' if match else 'MISMATCH'}"
           + (f" ({timing.group(0)})" if timing else ""))
-    if not match:
-        failed.append("Engine greedy equality")
-    return failed
+    verdicts = {"decode greedy equality": decode["greedy_identical"], "base_train loss falls": falls,
+                "Engine greedy equality": match}
+    return [name for name, passed in verdicts.items() if not passed]
 
 
 def main():
@@ -102,11 +95,8 @@ def main():
         print(" ".join(write_corpus(args.out_dir)))
         return 0
     failed = summary(args.log_dir)
-    if failed:
-        print(f"FAILED: {', '.join(failed)}")
-        return 1
-    print("all checks passed")
-    return 0
+    print(f"FAILED: {', '.join(failed)}" if failed else "all checks passed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -7,22 +7,22 @@ first token and per-token latency, how many requests were refused (429) and how 
     python -m dev.load_test --clients=32 --max-batch-rows=8 --max-queue=8 --modes=batched
     python -m dev.load_test --url=http://127.0.0.1:8000    # a server that is already running
 
-Without --url it writes a random-weight d4 checkpoint (vocab 8192) to a temporary directory, and
-for each mode starts `python -m scripts.chat_web` on it: "batched" with --max-batch-rows, "single"
-with --max-batch-rows=1 (one request at a time per worker, the way the server worked before it
-batched). Modes alternate over --rounds so that both see the same machine load.
+Without --url it writes a random-weight d4 checkpoint (vocab 8192) to a temporary directory and for
+each mode starts `python -m scripts.chat_web` on it: "batched" with --max-batch-rows, "single" with
+--max-batch-rows=1 (one request at a time per worker, as before batching). Modes alternate over
+--rounds so that both see the same machine load.
 """
 
 import argparse
 import json
 import statistics
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from dev.demo import repo_documents, save_random_checkpoint, start_chat_web
+from dev.demo import chat_web, repo_documents, save_random_checkpoint
 
 
 def percentile(values, q):
@@ -60,29 +60,24 @@ def one_request(client, url, i, max_tokens, timeout):
 
 def run_clients(url, clients, duration, max_tokens, timeout):
     """Every client sends requests back to back until `duration` has passed; returns the figures."""
-    results, lock = [], threading.Lock()
     deadline = time.perf_counter() + duration
 
     def client_loop(c):
+        outcomes = []
         with httpx.Client() as client:
-            n = 0
             while time.perf_counter() < deadline:
                 try:
-                    outcome = one_request(client, url, c * 1000 + n, max_tokens, timeout)
+                    outcome = one_request(client, url, c * 1000 + len(outcomes), max_tokens, timeout)
                 except httpx.HTTPError as e:
                     outcome = (type(e).__name__, None, None, 0)
-                with lock:
-                    results.append(outcome)
-                n += 1
+                outcomes.append(outcome)
                 if outcome[0] == 429:
                     time.sleep(1.0)  # the server's Retry-After
+        return outcomes
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for outcomes in pool.map(client_loop, range(clients)) for r in outcomes]
     wall = time.perf_counter() - t0
     served = [r for r in results if r[0] == 200]
     ttft = [r[1] for r in served]
@@ -96,20 +91,6 @@ def run_clients(url, clients, duration, max_tokens, timeout):
         "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
         "tpot_p50": percentile(per_token, 50), "tpot_p95": percentile(per_token, 95),
     }
-
-
-def write_random_d4(base_dir, vocab_size=8192):
-    """A random d4 'base' checkpoint with a tokenizer of `vocab_size` trained on this repository's text."""
-    from nanochat.tokenizer import RustBPETokenizer
-    tokenizer = RustBPETokenizer.train_from_iterator(repo_documents(), vocab_size)
-    save_random_checkpoint(base_dir, tokenizer, 4, "base_checkpoints", 512)
-
-
-def start_server(base_dir, port, max_batch_rows, max_queue):
-    server, url = start_chat_web(base_dir, port, "-i", "base", f"--max-batch-rows={max_batch_rows}",
-                                 f"--max-queue={max_queue}")
-    one_request(httpx.Client(), url, 0, 8, 60)  # warm-up
-    return server, url
 
 
 def report(name, r):
@@ -132,9 +113,6 @@ def main():
     parser.add_argument("--max-queue", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    import logging
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-
     if args.url:
         report("server", run_clients(args.url, args.clients, args.duration, args.max_tokens, args.timeout))
         return
@@ -142,17 +120,17 @@ def main():
     runs = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as base_dir:
         print("writing a random d4 checkpoint (vocab 8192)...", flush=True)
-        write_random_d4(base_dir)
+        from nanochat.tokenizer import RustBPETokenizer  # its tokenizer is trained on this repository's text
+        save_random_checkpoint(base_dir, RustBPETokenizer.train_from_iterator(repo_documents(), 8192), 4,
+                               "base_checkpoints", 512)
         print(f"{args.clients} clients, {args.max_tokens} tokens per reply, {args.duration:.0f}s per run", flush=True)
         for _ in range(args.rounds):
             for mode in modes:
                 rows = args.max_batch_rows if mode == "batched" else 1
-                server, url = start_server(base_dir, args.port, rows, args.max_queue)
-                try:
+                with chat_web(base_dir, args.port, "-i", "base", f"--max-batch-rows={rows}",
+                              f"--max-queue={args.max_queue}") as url:
+                    one_request(httpx.Client(), url, 0, 8, 60)  # warm-up
                     result = run_clients(url, args.clients, args.duration, args.max_tokens, args.timeout)
-                finally:
-                    server.terminate()
-                    server.wait(timeout=30)
                 report(mode, result)
                 runs[mode].append(result)
     print("medians over rounds:")

@@ -49,12 +49,6 @@ def repackage(out_dir, max_shards=-1, shard_chars=SHARD_CHARS):
     print(f"done: {len(writer.written)} shards, {total_docs:,} documents in {out_dir}")
 
 
-def upload(out_dir):
-    from huggingface_hub import HfApi
-    api = HfApi(token=os.environ.get("HF_TOKEN"))
-    api.upload_large_folder(folder_path=out_dir, repo_id=UPLOAD_REPO, repo_type="dataset")
-
-
 def main():
     parser = argparse.ArgumentParser(description="Rebuild (and optionally upload) the reference pretraining shards")
     parser.add_argument("--out_dir", required=True, help="folder to write shard_XXXXX.parquet into")
@@ -66,7 +60,9 @@ def main():
                          "internet. To build shards from local documents use python -m nanochat.dataset --from-jsonl.")
     repackage(args.out_dir, args.max_shards)
     if args.upload:
-        upload(args.out_dir)
+        from huggingface_hub import HfApi
+        HfApi(token=os.environ.get("HF_TOKEN")).upload_large_folder(folder_path=args.out_dir, repo_id=UPLOAD_REPO,
+                                                                    repo_type="dataset")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import namedtuple
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 from unittest import mock
 
@@ -109,30 +110,32 @@ class Bait:
 
     def __enter__(self):
         self.token = f"nanochat-sandbox-probe-{os.getpid()}"
+        self.accepted, self.stop, self.cleanup = [], threading.Event(), contextlib.ExitStack()
         # under the home directory, outside /tmp: an unisolated program sees it there
-        self.canary = tempfile.mkdtemp(prefix="nanochat-canary-", dir=os.path.expanduser("~"))
-        self.canary_file = os.path.join(self.canary, "keep.txt")
-        with open(self.canary_file, "w") as f:
-            f.write("alive")
-        self.accepted, self.stop, self.servers = [], threading.Event(), []
-        self.tmp_dir = tempfile.mkdtemp(prefix="nanochat-bait-")
-        self.fields = dict(canary_file=self.canary_file, home=os.path.expanduser("~"), repo=REPO_ROOT,
+        canary = self.temp_dir(prefix="nanochat-canary-", dir=os.path.expanduser("~"))
+        tmp_dir = self.temp_dir(prefix="nanochat-bait-")
+        self.canary_file = Path(canary, "keep.txt")
+        self.canary_file.write_text("alive")
+        self.fields = dict(canary_file=str(self.canary_file), home=os.path.expanduser("~"), repo=REPO_ROOT,
                            probe=self.token, cap=MAX_FILE_BYTES, abstract="\0" + self.token,
-                           unix_home=os.path.join(self.canary, "s.sock"), unix_tmp=os.path.join(self.tmp_dir, "s.sock"))
-        tcp = self._listen(socket.AF_INET, ("127.0.0.1", 0))
-        self.fields["port"] = tcp.getsockname()[1]
+                           unix_home=os.path.join(canary, "s.sock"), unix_tmp=os.path.join(tmp_dir, "s.sock"))
+        self.fields["port"] = self._listen(socket.AF_INET, ("127.0.0.1", 0)).getsockname()[1]
         for address in (self.fields["unix_home"], self.fields["unix_tmp"], self.fields["abstract"]):
             self._listen(socket.AF_UNIX, address)
-        self.saved_env = {k: os.environ.get(k) for k in SECRETS}
-        os.environ.update({k: "sandbox-canary-secret" for k in SECRETS})
+        self.cleanup.enter_context(mock.patch.dict(os.environ, {k: "sandbox-canary-secret" for k in SECRETS}))
+        self.cleanup.callback(self.stop.set)  # unwound first: the accept loops end before their sockets close
         return self
 
+    def temp_dir(self, **where):
+        path = tempfile.mkdtemp(**where)
+        self.cleanup.callback(shutil.rmtree, path, ignore_errors=True)
+        return path
+
     def _listen(self, family, address):
-        server = socket.socket(family, socket.SOCK_STREAM)
+        server = self.cleanup.enter_context(socket.socket(family, socket.SOCK_STREAM))
         server.bind(address)
         server.listen(5)
         server.settimeout(0.1)
-        self.servers.append(server)
 
         def accept_loop():
             while not self.stop.is_set():
@@ -145,10 +148,9 @@ class Bait:
     def harm(self):
         """Traces the last program left on the host (and removes them)."""
         traces = []
-        if not os.path.exists(self.canary_file):
+        if not self.canary_file.exists():
             traces.append("canary deleted")
-            with open(self.canary_file, "w") as f:
-                f.write("alive")
+            self.canary_file.write_text("alive")
         if self.accepted:
             traces.append(f"{len(self.accepted)} connection(s) accepted")
             self.accepted.clear()
@@ -160,13 +162,7 @@ class Bait:
         return traces
 
     def __exit__(self, *exc):
-        self.stop.set()
-        for server in self.servers:
-            server.close()
-        for key, value in self.saved_env.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-        shutil.rmtree(self.canary, ignore_errors=True)
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.cleanup.close()
 
 
 Row = namedtuple("Row", "attack happened contained")

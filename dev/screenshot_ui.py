@@ -4,10 +4,9 @@ Drive the chat UI in a real headless Chromium and save a screenshot of a streame
     python dev/screenshot_ui.py --out ui.png                   # tiny random model, no checkpoint needed
     python dev/screenshot_ui.py --url http://localhost:8000    # an already running chat_web
 
-The script starts the chat server on 127.0.0.1 (unless --url is given), launches Chromium with
-the DevTools protocol on a pipe (no extra packages: JSON messages separated by NUL bytes on file
-descriptors 3 and 4), types a message into the page, presses Enter, waits for the reply to finish
-streaming and captures the page. Needs a Chromium binary (Debian: apt-get install chromium).
+The script starts the chat server on 127.0.0.1 (unless --url is given), drives Chromium over the DevTools
+protocol on a pipe (no extra packages: NUL-separated JSON on file descriptors 3 and 4), types a message,
+presses Enter, waits for the streamed reply and captures the page. Needs Chromium (apt-get install chromium).
 """
 
 import argparse
@@ -17,7 +16,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,9 +30,7 @@ def find_chromium():
     return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
 
 
-# -----------------------------------------------------------------------------
-# a demo server: a tiny random-weight model over a byte tokenizer
-
+# A demo server: a tiny random-weight model over a byte tokenizer
 def demo_pool(num_workers=1, seed=0):
     """A WorkerPool serving an untrained depth-2 GPT that writes random lowercase words."""
     import torch
@@ -56,8 +52,7 @@ def demo_pool(num_workers=1, seed=0):
     torch.manual_seed(seed)
     model = DemoGPT(config_for_depth(2, 256, tokenizer.get_vocab_size()))
     model.init_weights()
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.3)
+    torch.nn.init.normal_(model.lm_head.weight, 0, 0.3)
     model.eval()
     engine = Engine(model, tokenizer)
     workers = [Worker(i, torch.device("cpu"), engine, tokenizer, contextlib.nullcontext()) for i in range(num_workers)]
@@ -72,11 +67,8 @@ def start_demo_server(timeout=30, api_key=None):
 
     from scripts.chat_web import DEFAULTS, create_app
     settings = SimpleNamespace(**{**vars(DEFAULTS), "api_key": api_key})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(worker_pool=demo_pool(), settings=settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))  # a free port
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + timeout
@@ -84,6 +76,7 @@ def start_demo_server(timeout=30, api_key=None):
         if time.time() > deadline or not thread.is_alive():
             raise RuntimeError("the chat server did not start")
         time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
 
     def stop():
         server.should_exit = True
@@ -92,9 +85,7 @@ def start_demo_server(timeout=30, api_key=None):
     return f"http://127.0.0.1:{port}", stop
 
 
-# -----------------------------------------------------------------------------
 # Chromium over the DevTools pipe
-
 class DevToolsPipe:
     """Minimal DevTools protocol client over --remote-debugging-pipe."""
 
@@ -114,9 +105,7 @@ class DevToolsPipe:
                                         stderr=subprocess.DEVNULL, preexec_fn=wire_fds, pass_fds=(3, 4))
         os.close(to_browser_r)
         os.close(from_browser_w)
-        self._buffer = b""
-        self._next_id = 0
-        self.session = None
+        self._buffer, self._next_id, self.session = b"", 0, None  # unread bytes, last command id, attached page
 
     def send(self, method, params=None, timeout=30, session=True):
         self._next_id += 1
