@@ -473,6 +473,11 @@ class WorkerPool:
         if not self.loops:
             self.loops = [DecodeLoop(w, self.max_rows, self.max_queue) for w in self.workers]
 
+    async def initialize(self, source, model_tag=None, step=None, device_type=None, dtype="bfloat16"):
+        """load() off the event loop, then start(): what the server's startup runs."""
+        await asyncio.to_thread(self.load, source, model_tag, step, device_type, dtype)
+        self.start()
+
     @property
     def ready(self):
         return bool(self.loops)

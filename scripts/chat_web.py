@@ -58,6 +58,12 @@ class ChatRequest(BaseModel):
     seed: int | None = None
 
 
+def validate_chat_request(request):
+    """Raise RequestError (-> HTTP 400) when the UI request is outside the server's limits."""
+    check_messages([(m.role, m.content) for m in request.messages])
+    check_sampling(request.temperature, request.top_k, request.max_tokens, seed=request.seed)
+
+
 async def generate_stream(generation, request):
     """SSE events of one reply: {"token", "gpu"} per piece of text, then {"done": true}."""
     try:
@@ -166,8 +172,8 @@ def create_app(worker_pool=None, settings=None):
     async def lifespan(app):
         pool = app.state.worker_pool
         if not pool.workers:
-            await asyncio.to_thread(pool.load, settings.source, settings.model_tag, settings.step,
-                                    settings.device_type, settings.dtype)
+            await pool.initialize(settings.source, settings.model_tag, settings.step, settings.device_type,
+                                  settings.dtype)
         pool.start()
         logger.info(f"Serving with {len(pool.workers)} worker(s)")
         yield
@@ -196,9 +202,8 @@ def create_app(worker_pool=None, settings=None):
 
     @app.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
+        validate_chat_request(body)
         messages = [(m.role, m.content) for m in body.messages]
-        check_messages(messages)  # RequestError -> 400 when the request is outside the server's limits
-        check_sampling(body.temperature, body.top_k, body.max_tokens, seed=body.seed)
         pool = request.app.state.worker_pool
         for m in body.messages:
             logger.info(f"[{m.role}] {m.content!r}")  # escaped: a newline in it cannot start a log line
