@@ -19,9 +19,6 @@ cd "$(dirname "$0")"
 source dev/runbook_lib.sh
 
 export OMP_NUM_THREADS=1
-export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
-WANDB_RUN="${WANDB_RUN:-dummy}"
-NPROC_PER_NODE="${NPROC_PER_NODE:-8}"
 nc_init
 
 nc_ensure_rust
@@ -40,7 +37,7 @@ run_stage tok_eval python -m scripts.tok_eval
 # Pretraining reads every shard: wait for the download (the reference did not).
 wait_background dataset
 
-TORCHRUN=(torchrun --standalone --nproc_per_node="$NPROC_PER_NODE")
+TORCHRUN=(torchrun --standalone --nproc_per_node="${NPROC_PER_NODE:-8}")
 run_stage base_train "${TORCHRUN[@]}" -m scripts.base_train -- --depth=32 --device_batch_size=8 --run="$WANDB_RUN"
 run_stage base_loss "${TORCHRUN[@]}" -m scripts.base_loss
 run_stage base_eval "${TORCHRUN[@]}" -m scripts.base_eval

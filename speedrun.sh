@@ -16,10 +16,7 @@ cd "$(dirname "$0")"
 source dev/runbook_lib.sh
 
 export OMP_NUM_THREADS=1
-export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
-WANDB_RUN="${WANDB_RUN:-dummy}"  # "dummy" turns wandb logging off
-NPROC_PER_NODE="${NPROC_PER_NODE:-8}"
-nc_init
+nc_init  # NANOCHAT_BASE_DIR defaults to ~/.cache/nanochat, WANDB_RUN to dummy (no wandb logging)
 
 # Python environment (uv, .venv, dependencies) and the Rust tokenizer extension.
 nc_ensure_rust
@@ -41,7 +38,7 @@ run_stage tok_eval python -m scripts.tok_eval
 wait_background dataset
 
 # Base model: pretraining, then bits per byte on larger splits, then the CORE score.
-TORCHRUN=(torchrun --standalone --nproc_per_node="$NPROC_PER_NODE")
+TORCHRUN=(torchrun --standalone --nproc_per_node="${NPROC_PER_NODE:-8}")
 run_stage base_train "${TORCHRUN[@]}" -m scripts.base_train -- --depth=20 --run="$WANDB_RUN"
 run_stage base_loss "${TORCHRUN[@]}" -m scripts.base_loss
 run_stage base_eval "${TORCHRUN[@]}" -m scripts.base_eval

@@ -43,18 +43,12 @@ if ! missing="$(python -c "import rustbpe, tiktoken, pyarrow" 2>&1)"; then
     echo "$NC_TAG bash dev/gpu_check.sh --wheels DIR  (docs/runbooks.md, \"GPU check\")" >&2
     exit 1
 fi
-if [ "$MODE" = gpu ]; then
-    nc_require_cuda
-fi
+[ "$MODE" = cpu ] || nc_require_cuda
 
 NANOCHAT_BASE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/nanochat_gpu_check.XXXXXX")"
-export NANOCHAT_BASE_DIR
 unset NANOCHAT_DATA_PACK  # the corpus is the repo's text, the same on every machine
-if [ "${GPU_CHECK_KEEP:-0}" != "1" ]; then
-    trap 'rm -rf "$NANOCHAT_BASE_DIR"' EXIT
-fi
+[ "${GPU_CHECK_KEEP:-0}" = "1" ] || trap 'rm -rf "$NANOCHAT_BASE_DIR"' EXIT
 nc_init
-LOGS="$(nc_log_dir)"
 
 if [ "$MODE" = gpu ]; then
     TRAIN_BENCH=(--depth=20 --max_seq_len=2048 --device_batch_size=32)
@@ -82,4 +76,4 @@ run_stage engine_check python -m nanochat.engine
 
 echo
 echo "$NC_TAG ==> summary ($(python -c 'import torch; print(torch.__version__)'), $MODE)"
-python -m dev.gpu_check summary "$LOGS"
+python -m dev.gpu_check summary "$NC_LOGS"

@@ -10,43 +10,31 @@
 
 NC_TAG="[nanochat]"
 
+# nc_dry_run [LINE] : true when NANOCHAT_DRY_RUN=1, after printing LINE if one is given.
 nc_dry_run() {
-    [ "${NANOCHAT_DRY_RUN:-0}" = "1" ]
-}
-
-nc_log_dir() {
-    echo "$NANOCHAT_BASE_DIR/logs"
+    [ "${NANOCHAT_DRY_RUN:-0}" = "1" ] || return 1
+    [ $# -eq 0 ] || echo "$1"
 }
 
 # Print a command the way a shell would read it back (arguments quoted only where needed).
 nc_print_command() {
-    local out="" arg
+    local words=() arg
     for arg in "$@"; do
-        if [[ "$arg" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-            out+="$arg "
-        else
-            out+="$(printf '%q' "$arg") "
-        fi
+        [[ "$arg" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]] || printf -v arg '%q' "$arg"
+        words+=("$arg")
     done
-    echo "${out% }"
+    echo "${words[*]}"
 }
 
 nc_note() {
-    if nc_dry_run; then
-        echo "# $*"
-    else
-        echo "$NC_TAG $*"
-    fi
+    local prefix="$NC_TAG"
+    nc_dry_run && prefix="#"  # a dry run's notes are comments, so its output stays a script
+    echo "$prefix $*"
 }
 
 nc_skipped() {
-    local list="${NANOCHAT_SKIP:-}" item
-    for item in ${list//,/ }; do
-        if [ "$item" = "$1" ]; then
-            return 0
-        fi
-    done
-    return 1
+    local list="${NANOCHAT_SKIP:-}"
+    [[ " ${list//[,[:space:]]/ } " == *" $1 "* ]]
 }
 
 # nc_not_run NAME DRY_LINE : true when stage NAME does not run now, after saying why: it is listed in
@@ -54,41 +42,41 @@ nc_skipped() {
 nc_not_run() {
     if nc_skipped "$1"; then
         nc_note "skipping stage '$1' (listed in NANOCHAT_SKIP)"
-    elif nc_dry_run; then
-        echo "$2"
-    else
-        return 1
+        return 0
     fi
+    nc_dry_run "$2"
 }
 
 nc_fail() {
     local name="$1" status="$2"
     echo "$NC_TAG stage '$name' failed with exit code $status" >&2
-    echo "$NC_TAG log: $(nc_log_dir)/$name.log" >&2
+    echo "$NC_TAG log: $NC_LOGS/$name.log" >&2
     echo "$NC_TAG fix the cause, then re-run; NANOCHAT_SKIP=<stage,...> skips stages that already finished" >&2
     exit "$status"
 }
 
-# Create the base and log folders and say where things go.
+# Default and export NANOCHAT_BASE_DIR (~/.cache/nanochat) and WANDB_RUN ("dummy" turns wandb logging
+# off), create the base and log (NC_LOGS) folders and say where things go.
 nc_init() {
-    : "${NANOCHAT_BASE_DIR:?set NANOCHAT_BASE_DIR before sourcing the runbook helpers}"
-    if nc_dry_run; then
-        echo "# dry run: NANOCHAT_BASE_DIR=$NANOCHAT_BASE_DIR (nothing is executed)"
-        return 0
-    fi
-    mkdir -p "$NANOCHAT_BASE_DIR" "$(nc_log_dir)"
+    export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
+    : "${WANDB_RUN:=dummy}"
+    NC_LOGS="$NANOCHAT_BASE_DIR/logs"
+    nc_dry_run "# dry run: NANOCHAT_BASE_DIR=$NANOCHAT_BASE_DIR (nothing is executed)" && return 0
+    mkdir -p "$NANOCHAT_BASE_DIR" "$NC_LOGS"
     export PYTHONUNBUFFERED=1  # stage output reaches the logs as it happens
-    echo "$NC_TAG base dir: $NANOCHAT_BASE_DIR  logs: $(nc_log_dir)"
+    echo "$NC_TAG base dir: $NANOCHAT_BASE_DIR  logs: $NC_LOGS"
 }
 
-# nc_run_logged NAME LABEL command... : announce a stage and run it with its output on the terminal
-# and in the stage's log (NC_LOG); NC_STATUS is the command's own exit status (not tee's), whatever
-# the caller's errexit/pipefail: errexit is off inside a group tested by `||`.
+# nc_run_logged NAME LABEL command... : unless skipped or dry, announce a stage and run it with its
+# output on the terminal and in the stage's log (NC_LOG); NC_STATUS is the command's own exit status
+# (not tee's), whatever the caller's errexit/pipefail: errexit is off inside a group tested by `||`.
 nc_run_logged() {
     local name="$1" label="$2" start=$SECONDS
     shift 2
-    NC_LOG="$(nc_log_dir)/$name.log"
-    mkdir -p "$(nc_log_dir)"
+    NC_STATUS=0
+    nc_not_run "$name" "$(nc_print_command "$@")" && return 0
+    NC_LOG="$NC_LOGS/$name.log"
+    mkdir -p "$NC_LOGS"
     echo "$NC_TAG ==> $name$label: $(nc_print_command "$@")"
     { "$@" 2>&1 | tee "$NC_LOG"; NC_STATUS=${PIPESTATUS[0]}; } || true
     if [ "$NC_STATUS" -eq 0 ]; then
@@ -98,25 +86,16 @@ nc_run_logged() {
 
 # run_stage NAME command... : run one pipeline stage (see the top of this file).
 run_stage() {
-    local name="$1"
-    shift
-    nc_not_run "$name" "$(nc_print_command "$@")" && return 0
-    nc_run_logged "$name" "" "$@"
-    if [ "$NC_STATUS" -ne 0 ]; then
-        nc_fail "$name" "$NC_STATUS"
-    fi
+    nc_run_logged "$1" "" "${@:2}"
+    [ "$NC_STATUS" -eq 0 ] || nc_fail "$1" "$NC_STATUS"
 }
 
 # run_optional_stage NAME command... : like run_stage, but a failure only warns (and returns 1).
 run_optional_stage() {
-    local name="$1"
-    shift
-    nc_not_run "$name" "$(nc_print_command "$@")" && return 0
-    nc_run_logged "$name" " (optional)" "$@"
-    if [ "$NC_STATUS" -ne 0 ]; then
-        echo "$NC_TAG warning: optional stage '$name' failed with exit code $NC_STATUS; continuing (log: $NC_LOG)" >&2
-        return 1
-    fi
+    nc_run_logged "$1" " (optional)" "${@:2}"
+    [ "$NC_STATUS" -eq 0 ] && return 0
+    echo "$NC_TAG warning: optional stage '$1' failed with exit code $NC_STATUS; continuing (log: $NC_LOG)" >&2
+    return 1
 }
 
 # start_background NAME command... : run a stage in the background (output only in its log).
@@ -124,31 +103,25 @@ start_background() {
     local name="$1"
     shift
     nc_not_run "$name" "$(nc_print_command "$@") &" && return 0
-    mkdir -p "$(nc_log_dir)"
+    mkdir -p "$NC_LOGS"
     echo "$NC_TAG ==> $name (background): $(nc_print_command "$@")"
-    "$@" > "$(nc_log_dir)/$name.log" 2>&1 &
+    "$@" > "$NC_LOGS/$name.log" 2>&1 &
     printf -v "NC_BG_PID_$name" '%s' "$!"
 }
 
 # wait_background NAME : wait for a background stage and stop the runbook if it failed.
 wait_background() {
-    local name="$1"
-    local var="NC_BG_PID_$name"
+    local name="$1" pid_var="NC_BG_PID_$1" status=0
     if nc_dry_run; then
         nc_skipped "$name" || echo "wait"
         return 0
     fi
-    local pid="${!var:-}"
-    if [ -z "$pid" ]; then
-        return 0
-    fi
+    local pid="${!pid_var:-}"
+    [ -n "$pid" ] || return 0  # skipped: nothing was started
     echo "$NC_TAG waiting for background stage '$name' (pid $pid)"
-    local status=0
     wait "$pid" || status=$?
-    if [ "$status" -ne 0 ]; then
-        nc_fail "$name" "$status"
-    fi
-    echo "$NC_TAG background stage '$name' finished (log: $(nc_log_dir)/$name.log)"
+    [ "$status" -eq 0 ] || nc_fail "$name" "$status"
+    echo "$NC_TAG background stage '$name' finished (log: $NC_LOGS/$name.log)"
 }
 
 # Install the Rust toolchain when it is missing (the tokenizer extension is compiled from source).
@@ -156,10 +129,7 @@ nc_ensure_rust() {
     if command -v cargo >/dev/null 2>&1 || [ -f "$HOME/.cargo/env" ]; then
         return 0
     fi
-    if nc_dry_run; then
-        echo "curl --proto =https --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y"
-        return 0
-    fi
+    nc_dry_run "curl --proto =https --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y" && return 0
     echo "$NC_TAG installing Rust with rustup"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y || nc_fail rust_install $?
 }
@@ -167,38 +137,27 @@ nc_ensure_rust() {
 # nc_setup_env cpu|gpu : create/sync .venv (builds rustbpe) and activate it.
 # NANOCHAT_SKIP_SETUP=1 uses the python already on PATH instead (e.g. an activated .venv).
 nc_setup_env() {
-    local extra="$1"
+    local extra="$1" status=0
     if [ "${NANOCHAT_SKIP_SETUP:-0}" = "1" ]; then
         nc_note "NANOCHAT_SKIP_SETUP=1: using $(command -v python || echo 'python (not found)') as is"
         return 0
     fi
-    if nc_dry_run; then
-        echo "source dev/setup_env.sh $extra"
-        return 0
-    fi
-    if [ -f "$HOME/.cargo/env" ]; then
-        # shellcheck disable=SC1091
-        . "$HOME/.cargo/env"
-    fi
-    local status=0
+    nc_dry_run "source dev/setup_env.sh $extra" && return 0
     set +u  # activation scripts read variables that may be unset
     # shellcheck source=dev/setup_env.sh
     source dev/setup_env.sh "$extra" || status=$?
     set -u
-    if [ "$status" -ne 0 ]; then
-        echo "$NC_TAG environment setup failed (dev/setup_env.sh $extra, exit $status)" >&2
-        exit "$status"
-    fi
+    [ "$status" -eq 0 ] && return 0
+    echo "$NC_TAG environment setup failed (dev/setup_env.sh $extra, exit $status)" >&2
+    exit "$status"
 }
 
 # GPU runbooks: stop before the first stage when torch cannot use CUDA (an old NVIDIA driver for
 # the installed torch build would otherwise fall back to slow CPU processes that never finish).
 nc_require_cuda() {
-    if nc_dry_run; then
-        echo "python -c 'from nanochat.common import require_cuda; require_cuda()'"
-        return 0
-    fi
-    python -c 'from nanochat.common import require_cuda; require_cuda()' || exit 1
+    local check='from nanochat.common import require_cuda; require_cuda()'
+    nc_dry_run "python -c '$check'" && return 0
+    python -c "$check" || exit 1
 }
 
 # Train the tokenizer unless one exists already (FORCE=1 retrains). Arguments go to tok_train.

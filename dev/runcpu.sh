@@ -18,8 +18,6 @@ cd "$(dirname "$0")/.."
 source dev/runbook_lib.sh
 
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)}"
-export NANOCHAT_BASE_DIR="${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}"
-WANDB_RUN="${WANDB_RUN:-dummy}"
 nc_init
 
 # Sizes. A small vocabulary keeps the embedding tables (and so the step time) small on CPU.
@@ -89,13 +87,11 @@ run_stage chat_eval_sft python -m scripts.chat_eval -i sft --max-new-tokens="$CH
 
 # A few steps of reinforcement learning on GSM8K (NANOCHAT_RUNCPU_RL=0 leaves it out). Optional:
 # a failure here warns and the report is still generated.
-if [ "${NANOCHAT_RUNCPU_RL:-1}" = "1" ]; then
-    if run_optional_stage chat_rl python -m scripts.chat_rl --num_steps="$RL_STEPS" --examples_per_step=2 \
-        --num_samples=4 --device_batch_size=4 --max_new_tokens="$CHAT_EVAL_TOKENS" --eval_every="$RL_STEPS" \
-        --eval_examples=4 --run="$WANDB_RUN"; then
-        run_optional_stage chat_eval_rl python -m scripts.chat_eval -i rl -a GSM8K \
-            --max-new-tokens="$CHAT_EVAL_TOKENS" --max-problems="$CHAT_EVAL_PROBLEMS" || true
-    fi
+if [ "${NANOCHAT_RUNCPU_RL:-1}" = "1" ] && run_optional_stage chat_rl python -m scripts.chat_rl \
+    --num_steps="$RL_STEPS" --examples_per_step=2 --num_samples=4 --device_batch_size=4 \
+    --max_new_tokens="$CHAT_EVAL_TOKENS" --eval_every="$RL_STEPS" --eval_examples=4 --run="$WANDB_RUN"; then
+    run_optional_stage chat_eval_rl python -m scripts.chat_eval -i rl -a GSM8K \
+        --max-new-tokens="$CHAT_EVAL_TOKENS" --max-problems="$CHAT_EVAL_PROBLEMS" || true
 fi
 
 # Talk to it:

@@ -11,8 +11,7 @@ if [ -z "${NANOCHAT_DATA_PACK:-}" ]; then
     while [ "$dir" != "/" ]; do
         dir="$(dirname "$dir")"
         if [ -f "$dir/shared/data/README.md" ] && [ -d "$dir/shared/data/corpus" ]; then
-            NANOCHAT_DATA_PACK="$dir/shared/data"
-            export NANOCHAT_DATA_PACK
+            export NANOCHAT_DATA_PACK="$dir/shared/data"
             echo "using the data pack at $NANOCHAT_DATA_PACK (set NANOCHAT_DATA_PACK to choose another)"
             break
         fi
@@ -21,14 +20,11 @@ fi
 # shellcheck disable=SC1091
 source dev/setup_env.sh cpu
 
-args=("$@")
-if [ ${#args[@]} -eq 0 ]; then
-    args=(-m "not slow")
+if [ $# -eq 0 ]; then
+    set -- -m "not slow"
 fi
-set +e
-python -m pytest "${args[@]}"
-status=$?
-set -e
+status=0
+python -m pytest "$@" || status=$?
 if [ $status -eq 5 ]; then
     echo "pytest collected no tests: treating that as a failure" >&2
     exit 1
