@@ -6,9 +6,8 @@ Evaluate a base model on the CORE suite (DCLM): the local base checkpoint, or a 
     python -m scripts.base_eval --hf-path=openai-community/gpt2
     torchrun --standalone --nproc_per_node=8 -m scripts.base_eval
 
-The eval bundle comes from <base>/eval_bundle, else the data pack's eval_bundle/ (NANOCHAT_DATA_PACK),
-else it is downloaded. A task whose data file is missing is skipped with a warning, and the metric
-is then labelled as computed over N of the 22 tasks: it is not the CORE metric.
+The eval bundle comes from <base>/eval_bundle, the data pack's eval_bundle/, or a download. A task whose
+data file is missing is skipped with a warning, and the metric is labelled "CORE over N of 22 tasks".
 """
 
 import argparse
@@ -19,7 +18,6 @@ import random
 import shutil
 import tempfile
 import time
-import zipfile
 
 from nanochat.common import (autocast_context, autodetect_device_type, compute_cleanup, compute_init, data_pack_path,
                              download_file_with_lock, get_base_dir, print0)
@@ -29,27 +27,21 @@ EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundl
 CORE_TASK_COUNT = 22
 
 
-# -----------------------------------------------------------------------------
-# The eval bundle
-
 def place_eval_bundle(file_path):
     """Unzip the downloaded bundle and move its eval_bundle/ folder to <base>/eval_bundle."""
-    base_dir = get_base_dir()
+    destination = os.path.join(get_base_dir(), "eval_bundle")
     with tempfile.TemporaryDirectory() as tmpdir:
-        with zipfile.ZipFile(file_path, "r") as zip_ref:
-            zip_ref.extractall(tmpdir)
-        shutil.move(os.path.join(tmpdir, "eval_bundle"), os.path.join(base_dir, "eval_bundle"))
-    print0(f"Placed eval_bundle directory at {os.path.join(base_dir, 'eval_bundle')}")
+        shutil.unpack_archive(file_path, tmpdir, format="zip")
+        shutil.move(os.path.join(tmpdir, "eval_bundle"), destination)
+    print0(f"Placed eval_bundle directory at {destination}")
 
 
 def get_eval_bundle_dir():
     """<base>/eval_bundle if present, else the data pack's copy (read in place), else download it."""
     local = os.path.join(get_base_dir(), "eval_bundle")
-    if os.path.isdir(local):
-        return local
-    pack_bundle = data_pack_path("eval_bundle")
-    if pack_bundle is not None and os.path.isdir(pack_bundle):
-        return pack_bundle
+    for candidate in (local, data_pack_path("eval_bundle")):
+        if candidate is not None and os.path.isdir(candidate):
+            return candidate
     hint = (f"Download {EVAL_BUNDLE_URL} and unzip it so that {local}/core.yaml exists, "
             "or set NANOCHAT_DATA_PACK to a data pack that has eval_bundle/.")
     download_file_with_lock(EVAL_BUNDLE_URL, "eval_bundle.zip", postprocess_fn=place_eval_bundle, offline_hint=hint)
@@ -94,9 +86,6 @@ def core_label(num_done, skipped):
     return f"CORE over {num_done} of {CORE_TASK_COUNT} tasks ({', '.join(skipped)} skipped, not the full CORE)"
 
 
-# -----------------------------------------------------------------------------
-# Evaluation
-
 def evaluate_model(model, tokenizer, device, max_per_task=-1):
     """Run every CORE task. Returns {"results", "centered_results", "core_metric"} as the reference, plus
     "core_label", "skipped_tasks" and "malformed" (per task count of rows that were left out)."""
@@ -119,10 +108,9 @@ def evaluate_model(model, tokenizer, device, max_per_task=-1):
         accuracy = evaluate_task(model, tokenizer, data, device, task, stats=stats,
                                  max_examples=max_per_task if max_per_task > 0 else None)
         malformed[label] = bad_json + bad_rows + stats.get("malformed", 0)
-        baseline = baselines.get(label)
-        if baseline is None:
+        if label not in baselines:
             print0(f"\nWARNING: {label} has no random baseline in eval_meta_data.csv; using 0")
-            baseline = 0.0
+        baseline = baselines.get(label, 0.0)
         centered = (accuracy - 0.01 * baseline) / (1.0 - 0.01 * baseline)
         results[label], centered_results[label] = accuracy, centered
         note = f" | {malformed[label]} malformed rows left out" if malformed[label] else ""
@@ -148,9 +136,7 @@ def load_hf_model(hf_path, device):
     from transformers import AutoModelForCausalLM
     from nanochat.tokenizer import HuggingFaceTokenizer
     print0(f"Loading model from: {hf_path}")
-    model = AutoModelForCausalLM.from_pretrained(hf_path)
-    model.to(device)
-    model.eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_path).to(device).eval()
     # longer prompts are left-cropped to the model's context (GPT-2: 1024); past it, positions do not exist
     max_seq_len = getattr(model.config, "max_position_embeddings", None)
     return ModelWrapper(model, max_seq_len=max_seq_len), HuggingFaceTokenizer.from_pretrained(hf_path)
@@ -161,8 +147,7 @@ def write_csv(path, out):
     lines = [f"{'Task':<35}, {'Accuracy':<10}, {'Centered':<10}"]
     for label, accuracy in out["results"].items():
         lines.append(f"{label:<35}, {accuracy:<10.6f}, {out['centered_results'][label]:<10.6f}")
-    for label in out["skipped_tasks"]:
-        lines.append(f"{label:<35}, {'skipped':<10}, {'skipped':<10}")
+    lines += [f"{label:<35}, {'skipped':<10}, {'skipped':<10}" for label in out["skipped_tasks"]]
     core_name = "CORE" if not out["skipped_tasks"] else f"CORE_{len(out['results'])}of{CORE_TASK_COUNT}"
     lines.append(f"{core_name:<35}, {'':<10}, {out['core_metric']:<10.6f}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -179,8 +164,7 @@ def main():
     args = parser.parse_args()
 
     device_type = autodetect_device_type()
-    ddp, rank, local_rank, world_size, device = compute_init(device_type)
-    autocast_ctx = autocast_context(device_type)
+    _, rank, _, _, device = compute_init(device_type)
 
     if args.hf_path is not None:
         model, tokenizer = load_hf_model(args.hf_path, device)
@@ -191,7 +175,7 @@ def main():
         step = meta.get("step", 0)
         model_name, model_slug = f"base_model (step {step})", f"base_model_{step:06d}"
 
-    with autocast_ctx:
+    with autocast_context(device_type):
         out = evaluate_model(model, tokenizer, device, max_per_task=args.max_per_task)
 
     if rank == 0:
@@ -202,15 +186,14 @@ def main():
         print0("=" * 80)
         print0(table)
         print0(f"Wrote {csv_path}")
-        total_bad = sum(out["malformed"].values())
-        if total_bad:
-            print0(f"Malformed rows left out: {total_bad} ({ {k: v for k, v in out['malformed'].items() if v} })")
-        from nanochat.report import get_report
         summary = {"Model": model_name, f"{out['core_label']} metric": out["core_metric"]}
         if out["skipped_tasks"]:
             summary["Skipped tasks (data file missing)"] = ", ".join(out["skipped_tasks"])
+        total_bad = sum(out["malformed"].values())
         if total_bad:
+            print0(f"Malformed rows left out: {total_bad} ({ {k: v for k, v in out['malformed'].items() if v} })")
             summary["Malformed rows left out"] = total_bad
+        from nanochat.report import get_report
         get_report().log(section="Base model evaluation", data=[summary, out["centered_results"]])
     compute_cleanup()
 

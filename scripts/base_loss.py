@@ -46,9 +46,8 @@ def main(argv=None):
         loader = dataloader.tokenizing_distributed_data_loader(cfg.device_batch_size, sequence_len, split,
                                                                device=device)
         with autocast_ctx:
-            bpb = evaluate_bpb(model, loader, steps, token_bytes)
-        print0(f"{split} bpb: {bpb:.4f}")
-        bpb_results[split] = bpb
+            bpb_results[split] = evaluate_bpb(model, loader, steps, token_bytes)
+        print0(f"{split} bpb: {bpb_results[split]:.4f}")
 
     samples = []
     if rank == 0:

@@ -36,7 +36,6 @@ def run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_
                         max_problems=None):
     """pass@num_samples: a problem passes if any of its samples passes task.evaluate."""
     _, rank, _, world_size = get_dist_info()
-    device = model.get_device()
     num_problems = len(task_object) if max_problems is None else min(len(task_object), max_problems)
     num_passed, total = 0, 0
     for i in range(rank, num_problems, world_size):
@@ -48,7 +47,7 @@ def run_generative_eval(task_object, tokenizer, model, engine, num_samples, max_
         num_passed += any(task_object.evaluate(conversation, tokenizer.decode(r[len(prompt):])) for r in results)
         print(f"\r\033[KRank {rank} | {num_passed}/{total} ({100 * num_passed / total:.2f}%)", end="", flush=True)
     print()
-    num_passed, total = sum_across_ranks([num_passed, total], device)
+    num_passed, total = sum_across_ranks([num_passed, total], model.get_device())
     print0("=" * 50)
     print0(f"Final: {num_passed}/{total} ({100 * num_passed / max(total, 1):.2f}%)")
     return num_passed / total if total else 0.0
@@ -73,8 +72,7 @@ def run_categorical_eval(task_object, tokenizer, model, batch_size, max_problems
     num_batches = -(-num_problems // batch_size)
     num_passed, total = 0, 0
     for b in range(rank, num_batches, world_size):
-        i0, i1 = b * batch_size, min((b + 1) * batch_size, num_problems)
-        conversations = [task_object[i] for i in range(i0, i1)]
+        conversations = [task_object[i] for i in range(b * batch_size, min((b + 1) * batch_size, num_problems))]
         prompts = [tokenizer.render_for_completion(conversation) for conversation in conversations]
         max_length = max(len(p) for p in prompts)
         padded = [p + [bos] * (max_length - len(p)) for p in prompts]  # right-padded: answers stay in place
@@ -120,7 +118,7 @@ def chatcore(results):
     return sum((results[name] - BASELINES[name]) / (1.0 - BASELINES[name]) for name in ALL_TASKS) / len(ALL_TASKS)
 
 
-def build_parser():
+def main():
     parser = argparse.ArgumentParser(description="Evaluate a chat model")
     parser.add_argument("-i", "--source", type=str, required=True, help="Source of the model: base|mid|sft|rl")
     parser.add_argument("-a", "--task-name", type=str, default=None, help="Task name(s), '|'-separated. Default = all")
@@ -133,21 +131,16 @@ def build_parser():
     parser.add_argument("-g", "--model-tag", type=str, default=None, help="Model tag to load")
     parser.add_argument("-s", "--step", type=int, default=None, help="Step to load")
     parser.add_argument("-x", "--max-problems", type=int, default=None, help="Max problems to evaluate")
-    parser.add_argument("--device-type", type=str, default="", choices=["cuda", "cpu", "mps", ""],
-                        help="Device type for evaluation: cuda|cpu|mps. empty => autodetect")
-    return parser
-
-
-def main():
-    args = build_parser().parse_args()
+    parser.add_argument("--device-type", default="", choices=["cuda", "cpu", "mps", ""], help="empty = autodetect")
+    args = parser.parse_args()
     task_names = parse_task_names(args.task_name)  # fail before loading the model
     from nanochat.checkpoint_manager import SOURCE_DIRS, load_model
     if args.source not in SOURCE_DIRS:  # any source load_model knows, base included (as in the original)
         raise SystemExit(f"--source must be one of {'|'.join(SOURCE_DIRS)}, got {args.source!r}")
     from nanochat.engine import Engine
 
-    device_type = autodetect_device_type() if args.device_type == "" else args.device_type
-    ddp, rank, local_rank, world_size, device = compute_init(device_type)
+    device_type = args.device_type or autodetect_device_type()
+    _, _, _, _, device = compute_init(device_type)
     autocast_ctx = autocast_context(device_type, args.dtype)
 
     model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
@@ -163,10 +156,9 @@ def main():
         print0(f"{task_name} accuracy: {100 * results[task_name]:.2f}%")
 
     chatcore_metric = chatcore(results)
-    chatcore_entry = None
     if chatcore_metric is not None:
         print0(f"ChatCORE metric: {chatcore_metric:.4f}")
-        chatcore_entry = {"ChatCORE metric": chatcore_metric}
+    chatcore_entry = None if chatcore_metric is None else {"ChatCORE metric": chatcore_metric}
     from nanochat.report import get_report
     get_report().log(section="Chat evaluation " + args.source, data=[vars(args), results, chatcore_entry])
     compute_cleanup()

@@ -22,9 +22,11 @@ from nanochat.checkpoint_manager import load_model
 from nanochat.common import (autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
                              print0, print_banner, sum_across_ranks)
 from nanochat.configurator import configure
+from nanochat.engine import Engine
 from nanochat.training import (apply_schedule, autocast_context, gather_loader_states, get_report,
                                init_wandb, is_due, linear_decay_lr_multiplier, load_training_checkpoint,
                                save_training_checkpoint, setup_optimizers)
+from scripts.chat_eval import run_chat_eval
 from tasks.common import TaskMixture
 
 DEFAULTS = dict(
@@ -69,15 +71,6 @@ def build_tasks():
     return train, [("SmolTalk test", SmolTalk("test"))]
 
 
-def chat_metrics(model, tokenizer, max_problems, batch_size):
-    """MMLU and ARC-Easy accuracy through the chat evaluation (scripts.chat_eval)."""
-    from nanochat.engine import Engine
-    from scripts.chat_eval import run_chat_eval
-    engine = Engine(model, tokenizer)
-    return {key: run_chat_eval(task, model, tokenizer, engine, batch_size=batch_size, max_problems=max_problems)
-            for key, task in (("mmlu_acc", "MMLU"), ("arc_easy_acc", "ARC-Easy"))}
-
-
 def main(argv=None):
     cfg = configure(DEFAULTS, argv)
     user_config = cfg.user_config()
@@ -88,6 +81,7 @@ def main(argv=None):
     wandb_run = init_wandb(cfg.run, user_config, rank == 0, project="nanochat-sft")
     model, tokenizer, _ = load_model(cfg.source, device, phase="train", model_tag=cfg.model_tag, step=cfg.step)
     # not compiled: every batch has a different width
+    engine = Engine(model, tokenizer)  # for the inline MMLU / ARC-Easy evals
 
     train_named, val_named = build_tasks()
     train_ds, val_ds = TaskMixture(nonempty_tasks(train_named, "train")), TaskMixture(nonempty_tasks(val_named, "val"))
@@ -142,7 +136,9 @@ def main(argv=None):
         if is_due(step, cfg.eval_metrics_every, last_step, skip_first=True):
             model.eval()
             with autocast_ctx:
-                metrics.update(chat_metrics(model, tokenizer, cfg.eval_metrics_max_problems, 2 * cfg.device_batch_size))
+                for key, task in (("mmlu_acc", "MMLU"), ("arc_easy_acc", "ARC-Easy")):
+                    metrics[key] = run_chat_eval(task, model, tokenizer, engine, batch_size=2 * cfg.device_batch_size,
+                                                 max_problems=cfg.eval_metrics_max_problems)
             model.train()
             print0(f"Step {step:05d} | MMLU acc: {metrics['mmlu_acc']:.4f} | "
                    f"ARC-Easy acc: {metrics['arc_easy_acc']:.4f}")

@@ -10,6 +10,8 @@ import socket
 
 from nanochat.tokenizer import RustBPETokenizer, get_tokenizer
 
+GREEN, RED, RESET = "\033[92m", "\033[91m", "\033[0m"
+
 news_text = r"""
 (Geneva, 14 March) The regional water authority announced on Tuesday that the new treatment
 plant on the northern shore will begin operating in the autumn, two months ahead of schedule.
@@ -94,9 +96,6 @@ def measure(tokenizer, texts):
         n_bytes = len(text.encode("utf-8"))
         results[name] = {"bytes": n_bytes, "tokens": len(ids), "ratio": n_bytes / max(1, len(ids))}
     return results
-
-
-GREEN, RED, RESET = "\033[92m", "\033[91m", "\033[0m"
 
 
 def print_comparison(label, baseline, ours, texts):
