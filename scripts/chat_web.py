@@ -171,10 +171,11 @@ def create_app(worker_pool=None, settings=None):
     @asynccontextmanager
     async def lifespan(app):
         pool = app.state.worker_pool
-        if not pool.workers:
+        if pool.workers:  # loaded already (main, tests): only the decode loops are left to start
+            pool.start()
+        else:
             await pool.initialize(settings.source, settings.model_tag, settings.step, settings.device_type,
                                   settings.dtype)
-        pool.start()
         logger.info(f"Serving with {len(pool.workers)} worker(s)")
         yield
 
