@@ -157,8 +157,7 @@ def download_file_with_lock(url, filename, postprocess_fn=None, local_copy=None,
     If `local_copy` (e.g. a file of the data pack) exists it is copied instead of downloading.
     `postprocess_fn(path)` runs under the lock after a fresh fetch.
     """
-    base_dir = get_base_dir()
-    file_path = os.path.join(base_dir, filename)
+    file_path = os.path.join(get_base_dir(), filename)
     if os.path.exists(file_path):
         return file_path
     with FileLock(file_path + ".lock"):

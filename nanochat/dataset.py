@@ -66,11 +66,11 @@ def split_files(split, data_dir=None):
     """The shards of a split: the last shard is "val", all the others are "train"."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    data_dir = data_dir or get_data_dir()
     files = list_parquet_files(data_dir)
-    where = data_dir or get_data_dir()
     if len(files) < 2:
         raise FileNotFoundError(
-            f"found {len(files)} shard(s) in {where}; need at least 2 (the last one is the validation split). "
+            f"found {len(files)} shard(s) in {data_dir}; need at least 2 (the last one is the validation split). "
             "Run `python -m nanochat.dataset -n 8` to download shards, or pack a local corpus with "
             "`python -m nanochat.dataset --from-jsonl FILE...` (or set NANOCHAT_DATA_PACK).")
     return files[:-1] if split == "train" else files[-1:]

@@ -15,6 +15,7 @@ The two models compute the same function, so the weight mapping is a pure renami
 
 import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -192,8 +193,7 @@ def read_hf_dir(hf_dir):
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{hf_dir} has no config.json; is it a transformers model directory?")
-    with open(config_path, encoding="utf-8") as f:
-        model_config = model_config_from_hf(json.load(f), where=config_path)
+    model_config = model_config_from_hf(json.loads(Path(config_path).read_text(encoding="utf-8")), where=config_path)
     weights = os.path.join(hf_dir, "model.safetensors")
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{hf_dir} has no model.safetensors (sharded or pickled weights are not supported)")
@@ -202,11 +202,8 @@ def read_hf_dir(hf_dir):
     if enc.n_vocab != model_config["vocab_size"]:
         raise HFExportError(f"{hf_dir}: tokenizer.json has {enc.n_vocab} ids, config.json vocab_size="
                             f"{model_config['vocab_size']}")
-    provenance = {}
     meta_path = os.path.join(hf_dir, META_FILE)
-    if os.path.isfile(meta_path):
-        with open(meta_path, encoding="utf-8") as f:
-            provenance = json.load(f)
+    provenance = json.loads(Path(meta_path).read_text(encoding="utf-8")) if os.path.isfile(meta_path) else {}
     return state_dict, model_config, enc, provenance
 
 

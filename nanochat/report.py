@@ -226,12 +226,8 @@ def headline_metrics(logged, names):
 def extract(section, keys):
     """{key: value} from the `- key...: value` lines of a section; later lines win."""
     keys = [keys] if isinstance(keys, str) else keys
-    found = {}
-    for line in section.split("\n"):
-        for key in keys:
-            if key in line and ":" in line:
-                found[key] = line.split(":", 1)[1].strip()
-    return found
+    return {key: line.split(":", 1)[1].strip()
+            for line in section.split("\n") for key in keys if key in line and ":" in line}
 
 
 def extract_timestamp(content, prefix):
@@ -319,8 +315,6 @@ class Report:
     def _make_plots(self):
         """{section slug: plot path relative to the report dir} for every stage with metrics."""
         from nanochat.report_plots import plot_all_stages
-        if not os.path.isdir(self.metrics_dir):
-            return {}
         return plot_all_stages(self.metrics_dir, self.plots_dir, relative_to=self.report_dir)
 
     def generate(self):

@@ -15,7 +15,6 @@ import random
 import threading
 import time
 from collections import deque
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -444,26 +443,21 @@ class WorkerPool:
         FileNotFoundError says where we looked and which stage produces the checkpoint."""
         from nanochat.checkpoint_manager import load_model
         device_type = device_type or autodetect_device_type()
-        if device_type == "cuda":
-            count = self.num_gpus or torch.cuda.device_count()
-            if count > torch.cuda.device_count():
-                raise ValueError(f"--num-gpus={count} but only {torch.cuda.device_count()} CUDA devices are visible")
-            for gpu_id in range(count):
-                device = torch.device(f"cuda:{gpu_id}")
-                model, tokenizer, _ = load_model(source, device, "eval", model_tag, step)
-                self.workers.append(Worker(gpu_id, device, Engine(model, tokenizer), tokenizer,
-                                           autocast_context(device_type, dtype)))
-                logger.info(f"Loaded a {source} model on {device}")
-            return self
-        count = self.num_gpus or 1
+        visible = torch.cuda.device_count() if device_type == "cuda" else 1
+        count = self.num_gpus or visible
+        if device_type == "cuda" and count > visible:
+            raise ValueError(f"--num-gpus={count} but only {visible} CUDA devices are visible")
         if device_type == "mps" and count > 1:
             raise ValueError("more than one worker needs CUDA; use --num-gpus=1 on MPS")
-        device = torch.device(device_type)
-        # a forward pass only reads the weights, so CPU workers can share one model
-        model, tokenizer, _ = load_model(source, device, "eval", model_tag, step)
-        engine = Engine(model, tokenizer)
-        self.workers = [Worker(i, device, engine, tokenizer, nullcontext()) for i in range(count)]
-        logger.info(f"Loaded a {source} model on {device} for {count} worker(s)")
+        engine = None
+        for i in range(count):
+            # one replica per GPU; elsewhere a forward pass only reads the weights, so workers share one model
+            if device_type == "cuda" or engine is None:
+                device = torch.device(f"cuda:{i}" if device_type == "cuda" else device_type)
+                model, tokenizer, _ = load_model(source, device, "eval", model_tag, step)
+                engine = Engine(model, tokenizer)
+            self.workers.append(Worker(i, device, engine, tokenizer, autocast_context(device_type, dtype)))
+        logger.info(f"Loaded a {source} model for {count} worker(s) on {device_type}")
         return self
 
     def start(self):

@@ -6,7 +6,6 @@ Two implementations:
 - HuggingFaceTokenizer: a HF `tokenizers` wrapper, used to evaluate external HF models.
 """
 
-import copy
 import os
 import pickle
 from functools import lru_cache
@@ -258,12 +257,9 @@ class RustBPETokenizer:
 
     def visualize_tokenization(self, ids, mask, with_token_id=False):
         RED, GREEN, RESET, GRAY = "\033[91m", "\033[92m", "\033[0m", "\033[90m"
-        pieces = []
-        for token_id, mask_value in zip(ids, mask):
-            color = GREEN if mask_value == 1 else RED
-            id_suffix = f"{GRAY}({token_id}){RESET}" if with_token_id else ""
-            pieces.append(f"{color}{self.decode([token_id])}{RESET}{id_suffix}")
-        return "|".join(pieces)
+        return "|".join(f"{GREEN if mask_value == 1 else RED}{self.decode([token_id])}{RESET}"
+                        + (f"{GRAY}({token_id}){RESET}" if with_token_id else "")
+                        for token_id, mask_value in zip(ids, mask))
 
     def render_for_completion(self, conversation):
         """Prompt ids for sampling the assistant's reply: the conversation minus its last
@@ -305,9 +301,8 @@ def _normalize_messages(conversation):
     if messages[0].get("role") == "system":
         if len(messages) < 2 or messages[1].get("role") != "user":
             raise ValueError("a system message must be followed by a user message")
-        messages = copy.deepcopy(messages)
-        messages[1]["content"] = messages[0]["content"] + "\n\n" + messages[1]["content"]
-        messages = messages[1:]
+        # a new first message: the caller's conversation is left as it was
+        messages = [{**messages[1], "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}, *messages[2:]]
     for i, message in enumerate(messages):
         expected = "user" if i % 2 == 0 else "assistant"
         if message.get("role") != expected:

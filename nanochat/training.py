@@ -43,8 +43,7 @@ def peak_memory_mib(device_type):
 
 def compile_model(model, device_type, enabled=None):
     """torch.compile on CUDA by default; elsewhere only when asked (CPU compile works but warms up slowly)."""
-    if enabled is None:
-        enabled = device_type == "cuda"
+    enabled = device_type == "cuda" if enabled is None else enabled
     return torch.compile(model, dynamic=False) if enabled else model
 
 

@@ -331,11 +331,8 @@ def parse_args(argv=None):
 
 
 def settings_from_args(args, device_type):
-    """What create_app needs to know from the command line."""
-    return SimpleNamespace(
-        source=args.source, model_tag=args.model_tag, step=args.step, temperature=args.temperature,
-        top_k=args.top_k, max_tokens=args.max_tokens, device_type=device_type, dtype=args.dtype,
-        api_key=args.api_key, body_timeout=args.body_timeout)
+    """What create_app reads (see DEFAULTS): the command line, with the device type resolved."""
+    return SimpleNamespace(**dict(vars(args), device_type=device_type))
 
 
 def main(argv=None):

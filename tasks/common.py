@@ -20,9 +20,7 @@ class Task:
         assert start >= 0, f"Start must be non-negative, got {start}"
         assert stop is None or stop >= start, f"Stop should be greater than or equal to start, got {stop} and {start}"
         assert step >= 1, f"Step must be strictly positive, got {step}"
-        self.start = start
-        self.stop = stop
-        self.step = step
+        self.start, self.stop, self.step = start, stop, step
 
     @property
     def eval_type(self):
@@ -111,10 +109,8 @@ def render_mc(question, letters, choices):
     The multiple-choice prompt shared by ARC and MMLU. The letter comes after its choice with no
     space around '=' so the letter token here is the same token as the bare-letter answer.
     """
-    query = f"Multiple Choice question: {question}\n"
-    query += "".join(f"- {choice}={letter}\n" for letter, choice in zip(letters, choices))
-    query += "\nRespond only with the letter of the correct answer."
-    return query
+    choice_lines = "".join(f"- {choice}={letter}\n" for letter, choice in zip(letters, choices))
+    return f"Multiple Choice question: {question}\n{choice_lines}\nRespond only with the letter of the correct answer."
 
 
 def require_fields(row, fields, where):

@@ -93,14 +93,10 @@ def spelled_answer(word, letter):
     lines = [f"We are asked to find the number '{letter}' in the word '{word}'. Let me try a manual approach first.",
              "", "First spell the word out:", f"{word}:{','.join(word)}", "",
              f"Then count the occurrences of '{letter}':"]
-    running = 0
     for i, char in enumerate(word, start=1):
-        line = f"{i}:{char}"
-        if char == letter:
-            running += 1
-            line += f" hit! count={running}"
-        lines.append(line)
-    lines += ["", f"This gives us {running}."]
+        hit = f" hit! count={word[:i].count(letter)}" if char == letter else ""
+        lines.append(f"{i}:{char}{hit}")
+    lines += ["", f"This gives us {count}."]
     return [
         {"type": "text", "text": "\n".join(lines)},
         {"type": "text", "text": "\n\nLet me double check this using Python:\n\n"},
