@@ -28,8 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# nanochat's split pattern (GPT-4's with \p{N}{1,2}); kept literal so workers need no project imports.
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501
+# nanochat for the workers, which run outside the repository (see call_worker); appended, so it shadows nothing
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from nanochat.tokenizer import SPLIT_PATTERN, byte_level_pre_tokenizer  # noqa: E402
+
 PYPI_RUSTBPE = "rustbpe==0.1.0"
 
 
@@ -47,16 +49,12 @@ def train_rustbpe(docs, vocab_size):
 
 def train_hf(docs, vocab_size):
     import tokenizers
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
 
     tok = Tokenizer(BPE(byte_fallback=True, unk_token=None, fuse_unk=False))
-    tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(pattern=Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = byte_level_pre_tokenizer()  # no normalizer: the default
     tok.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(vocab_size=vocab_size, show_progress=False, min_frequency=0,
                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])

@@ -177,7 +177,6 @@ def write_jsonl(conversations, path):
         for messages in conversations:
             f.write(json.dumps(validate_messages(messages), ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-    return path
 
 
 def main(argv=None):

@@ -72,8 +72,7 @@ def fill_the_rows(url):
 def drop_mid_stream(url):
     with httpx.stream("POST", f"{url}/chat/completions", json={"messages": [USER], "max_tokens": 4000},
                       timeout=30) as response:
-        lines = response.iter_lines()
-        next(lines)
+        next(response.iter_lines())
     deadline = time.time() + 10
     while httpx.get(f"{url}/health").json()["rows_in_use"] and time.time() < deadline:
         time.sleep(0.1)

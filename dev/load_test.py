@@ -26,10 +26,8 @@ from dev.demo import chat_web, repo_documents, save_random_checkpoint
 
 
 def percentile(values, q):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+    """The sorted value nearest the q-th percentile (0 <= q <= 100) of values; nan for none."""
+    return sorted(values)[round(q / 100 * (len(values) - 1))] if values else float("nan")
 
 
 def one_request(client, url, i, max_tokens, timeout):

@@ -39,9 +39,8 @@ def repackage(out_dir, max_shards=-1, shard_chars=SHARD_CHARS):
         total_docs += 1
         if len(writer.written) > shards_before:  # that document completed a shard
             shard = writer.written[-1]
-            elapsed = time.time() - start
             print(f"wrote {shard['name']}: {shard['docs']:,} docs, {shard['chars']:,} chars, "
-                  f"{shard['bytes'] / 1e6:.1f} MB, {total_docs / elapsed:,.0f} docs/s")
+                  f"{shard['bytes'] / 1e6:.1f} MB, {total_docs / (time.time() - start):,.0f} docs/s")
             if max_shards > 0 and len(writer.written) >= max_shards:
                 break
     else:

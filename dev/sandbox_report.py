@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Callable, Optional
 from unittest import mock
 
+from dev.demo import REPO
 from nanochat.execution import MAX_FILE_BYTES, execute_code, isolation_mode
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRETS = ("OPENAI_API_KEY", "HF_TOKEN", "WANDB_API_KEY")
 TIMEOUT = 2.0
 
@@ -116,7 +116,7 @@ class Bait:
         tmp_dir = self.temp_dir(prefix="nanochat-bait-")
         self.canary_file = Path(canary, "keep.txt")
         self.canary_file.write_text("alive")
-        self.fields = dict(canary_file=str(self.canary_file), home=os.path.expanduser("~"), repo=REPO_ROOT,
+        self.fields = dict(canary_file=str(self.canary_file), home=os.path.expanduser("~"), repo=REPO,
                            probe=self.token, cap=MAX_FILE_BYTES, abstract="\0" + self.token,
                            unix_home=os.path.join(canary, "s.sock"), unix_tmp=os.path.join(tmp_dir, "s.sock"))
         self.fields["port"] = self._listen(socket.AF_INET, ("127.0.0.1", 0)).getsockname()[1]
@@ -154,7 +154,7 @@ class Bait:
         if self.accepted:
             traces.append(f"{len(self.accepted)} connection(s) accepted")
             self.accepted.clear()
-        for directory in ("/etc", "/usr/lib", REPO_ROOT, sys.prefix):
+        for directory in ("/etc", "/usr/lib", REPO, sys.prefix):
             probe = os.path.join(directory, self.token)
             if os.path.exists(probe):
                 traces.append(f"wrote {probe}")

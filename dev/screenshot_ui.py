@@ -31,7 +31,7 @@ def find_chromium():
 
 
 # A demo server: a tiny random-weight model over a byte tokenizer
-def demo_pool(num_workers=1, seed=0):
+def demo_pool():
     """A WorkerPool serving an untrained depth-2 GPT that writes random lowercase words."""
     import torch
 
@@ -49,14 +49,13 @@ def demo_pool(num_workers=1, seed=0):
         def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
             return super().forward(idx, targets, kv_cache, loss_reduction) + mask
 
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     model = DemoGPT(config_for_depth(2, 256, tokenizer.get_vocab_size()))
     model.init_weights()
     torch.nn.init.normal_(model.lm_head.weight, 0, 0.3)
     model.eval()
-    engine = Engine(model, tokenizer)
-    workers = [Worker(i, torch.device("cpu"), engine, tokenizer, contextlib.nullcontext()) for i in range(num_workers)]
-    return WorkerPool(workers=workers)
+    worker = Worker(0, torch.device("cpu"), Engine(model, tokenizer), tokenizer, contextlib.nullcontext())
+    return WorkerPool(workers=[worker])
 
 
 def start_demo_server(timeout=30, api_key=None):
