@@ -20,7 +20,7 @@ import os
 import random
 from pathlib import Path
 
-from nanochat.common import get_base_dir
+from nanochat.common import atomic_write, get_base_dir
 
 API_URL = "https://openrouter.ai/api/v1/chat/completions"
 API_MODEL = "google/gemini-2.5-flash"
@@ -172,11 +172,8 @@ def generate_with_api(num, api_key, workers=4):
 
 def write_jsonl(conversations, path):
     """One JSON array per line; temp file + rename so readers never see a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for messages in conversations:
-            f.write(json.dumps(validate_messages(messages), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    lines = [json.dumps(validate_messages(messages), ensure_ascii=False) + "\n" for messages in conversations]
+    atomic_write(path, lambda f: f.write("".join(lines).encode("utf-8")))
 
 
 def main(argv=None):

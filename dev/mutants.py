@@ -64,7 +64,7 @@ MUTANTS = [
            "row[-max_seq_len:]", "row[:max_seq_len]",
            ("tests/test_core_eval.py",)),
     Mutant("core-fewshot-excludes-item", "nanochat/core_eval.py",
-           "available = [i for i in range(len(data)) if i != idx]", "available = list(range(len(data)))",
+           "data[j + (j >= idx)]", "data[j]",
            ("tests/test_core_eval.py",)),
     Mutant("core-max-per-task-crop", "nanochat/core_eval.py",
            "num_examples = len(data) if max_examples is None else min(len(data), max_examples)",

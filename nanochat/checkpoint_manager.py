@@ -24,7 +24,7 @@ import uuid
 
 import torch
 
-from nanochat.common import fsync_dir, get_base_dir, print0
+from nanochat.common import atomic_write, fsync_dir, get_base_dir, print0
 from nanochat.gpt import GPT, GPTConfig
 
 # The one registry of checkpoint families: source -> (directory under the base dir, the stage that writes it).
@@ -62,19 +62,7 @@ RUN_STARTED = time.time()
 
 
 def _atomic_write(path, write_fn):
-    """write_fn(file) into path.tmp, fsync, rename over path, fsync the directory; the tmp file never survives."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    atomic_write(path, write_fn)
     print0(f"Saved {path}")
 
 

@@ -94,6 +94,23 @@ def fsync_dir(directory):
         os.close(fd)
 
 
+def atomic_write(path, write_fn):
+    """write_fn(binary file) into path.tmp, fsync, rename over path, fsync the directory: a reader or a crash
+    never sees a torn file, and the tmp file never survives a failure."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
 def stream_download(url, dest_path, *, max_attempts=5, connect_timeout=10.0, read_timeout=60.0,
                     chunk_size=1 << 20, backoff_base=2.0, progress=False, verify=None):
     """
@@ -165,9 +182,8 @@ def download_file_with_lock(url, filename, postprocess_fn=None, local_copy=None,
             return file_path
         if local_copy is not None and os.path.exists(local_copy):
             logger.info(f"Copying {local_copy} -> {file_path}")
-            tmp = file_path + ".tmp"
-            shutil.copyfile(local_copy, tmp)
-            os.replace(tmp, file_path)
+            with open(local_copy, "rb") as source:
+                atomic_write(file_path, lambda f: shutil.copyfileobj(source, f))
         else:
             logger.info(f"Downloading {url}")
             try:

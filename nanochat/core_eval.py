@@ -159,9 +159,11 @@ def evaluate_example(idx, model, tokenizer, data, device, task_meta):
     task_type, delimiter = task_meta["task_type"], task_meta["continuation_delimiter"]
     if task_type not in PROMPT_BUILDERS:
         raise ValueError(f"Unsupported task type: {task_type}")
+    # the reference's draw of k other items, seeded per example: sampling positions of range(n - 1) picks what
+    # sampling the list of the other indices picks, without building that list for every example
     rng = random.Random(1234 + idx)
-    available = [i for i in range(len(data)) if i != idx]
-    fewshot_examples = [data[i] for i in rng.sample(available, min(task_meta["num_fewshot"], len(available)))]
+    k = min(task_meta["num_fewshot"], len(data) - 1)
+    fewshot_examples = [data[j + (j >= idx)] for j in rng.sample(range(len(data) - 1), k)]
     render_prompts, batch_sequences = PROMPT_BUILDERS[task_type]
     tokens, start_idxs, end_idxs = batch_sequences(tokenizer, render_prompts(item, delimiter, fewshot_examples))
 

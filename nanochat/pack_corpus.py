@@ -12,7 +12,7 @@ import io
 import json
 import os
 
-from nanochat.common import get_data_pack_dir
+from nanochat.common import atomic_write, get_data_pack_dir
 from nanochat import dataset
 from nanochat.dataset import ShardError
 
@@ -172,9 +172,7 @@ def pack_jsonl(paths, data_dir=None, shard_chars=DEFAULT_SHARD_CHARS, force=Fals
         # swap leaves a manifest that no longer matches the folder, and the next run packs again.
         manifest = dict(settings, shards=writer.written)
         manifest_path = os.path.join(data_dir, PACK_MANIFEST)
-        with open(manifest_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-        os.replace(manifest_path + ".tmp", manifest_path)
+        atomic_write(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode("utf-8")))
         for old in dataset.list_parquet_files(data_dir):
             os.remove(old)
         for shard in writer.written:

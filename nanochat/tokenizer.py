@@ -47,14 +47,6 @@ def _special_ids(tokenizer, token):
     raise ValueError(f"prepend/append must be a special-token string or an int id, got {type(token)}")
 
 
-def _write_atomically(path, write):
-    """write(f) into a temp file, then rename it over path: an interrupted run never leaves a torn file."""
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "wb") as f:
-        write(f)
-    os.replace(tmp_path, path)
-
-
 def byte_level_pre_tokenizer(pattern=SPLIT_PATTERN):
     """The HF `tokenizers` pre-tokenizer that splits text as tiktoken does with `pattern`, then maps bytes to
     GPT-2's printable characters: shared by HF training, the HF export and the benchmarks."""
@@ -219,7 +211,8 @@ class RustBPETokenizer:
     def save(self, tokenizer_dir):
         os.makedirs(tokenizer_dir, exist_ok=True)
         pickle_path = os.path.join(tokenizer_dir, "tokenizer.pkl")
-        _write_atomically(pickle_path, lambda f: pickle.dump(self.enc, f))
+        from nanochat.common import atomic_write  # lazy: importing this module needs no torch
+        atomic_write(pickle_path, lambda f: pickle.dump(self.enc, f))
         print(f"Saved tokenizer encoding to {pickle_path}")
 
     def token_byte_lengths(self):
@@ -329,8 +322,10 @@ def get_token_bytes(device="cpu"):
 
 def save_token_bytes(tokenizer, tokenizer_dir):
     import torch
+
+    from nanochat.common import atomic_write
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int32)
     path = os.path.join(tokenizer_dir, "token_bytes.pt")
-    _write_atomically(path, lambda f: torch.save(token_bytes, f))
+    atomic_write(path, lambda f: torch.save(token_bytes, f))
     return token_bytes, path
 
